@@ -1,0 +1,45 @@
+"""Shared command-line plumbing for launch/*.py: `-c CONFIG -o Key.sub=value ...`."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from jaxocr.config import ConfigError, load_config, parse_overrides
+
+log = logging.getLogger("jaxocr")
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("-c", "--config", required=True, help="PaddleOCR-schema YAML config")
+    p.add_argument("-o", "--opt", nargs="+", action="append", default=[],
+                   metavar="Key.sub=value", help="override config values (YAML-parsed)")
+    p.add_argument("--cpu_devices", type=int, default=None,
+                   help="on CPU, simulate this many devices in this process")
+    return p
+
+
+def set_cpu_devices(n: int | None):
+    """Must run before JAX touches a backend."""
+    if n:
+        import jax
+        jax.config.update("jax_num_cpu_devices", int(n))
+
+
+def load(args) -> dict:
+    return load_config(args.config, parse_overrides(args.opt))
+
+
+def run(main):
+    """Run `main()`; bad configs and missing files end with one clear line, not a traceback."""
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] jaxocr %(levelname)s: %(message)s",
+                        datefmt="%Y/%m/%d %H:%M:%S")
+    try:
+        return main()
+    except (ConfigError, FileNotFoundError) as e:
+        if os.environ.get("JAXOCR_TRACEBACK"):
+            raise
+        print(f"jaxocr: error: {e}", file=sys.stderr)
+        sys.exit(2)

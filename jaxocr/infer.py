@@ -1,0 +1,69 @@
+"""Checkpoint inference on image files: `Global.infer_img` is a file or a directory."""
+from __future__ import annotations
+
+import logging
+import os
+
+import jax
+import numpy as np
+
+from jaxocr.data.transforms import BadSample, build_transforms
+from jaxocr.postprocess import best_path, ctc_greedy_decode
+from jaxocr.training.loop import Components
+
+log = logging.getLogger("jaxocr")
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
+
+
+def image_paths(path: str) -> list[str]:
+    if os.path.isfile(path):
+        return [path]
+    if os.path.isdir(path):
+        return sorted(os.path.join(path, f) for f in os.listdir(path)
+                      if os.path.splitext(f)[1].lower() in IMAGE_EXTS)
+    raise FileNotFoundError(f"Global.infer_img not found: {path}")
+
+
+def recognize(cfg: dict, batch_size: int = 64):
+    """Yields (path, text, score) per readable image; unreadable ones are logged and skipped."""
+    g = cfg["Global"]
+    if not g.get("infer_img"):
+        raise FileNotFoundError("set Global.infer_img=FILE_OR_DIR")
+    paths = image_paths(g["infer_img"])
+    device = jax.local_devices()[0]
+    comp = Components(cfg, mesh=None)
+    transform = build_transforms(cfg["Eval"]["dataset"]["transforms"], comp.charset, g, infer=True)
+    samples = _prepare(paths, transform)
+    if not samples:
+        return
+    state, _ = comp.restore_for_inference(samples[0][1].shape)
+    variables = jax.device_put({"params": state.params, "batch_stats": state.batch_stats}, device)
+    forward = jax.jit(lambda v, x: best_path(comp.model.apply(v, x.astype(comp.dtype), train=False)))
+    for start in range(0, len(samples), batch_size):
+        chunk = samples[start:start + batch_size]
+        images = np.stack([img for _, img in chunk])
+        pad = batch_size - len(chunk)  # one compiled shape for every batch
+        images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
+        ids, probs = forward(variables, jax.device_put(images, device))
+        decoded = ctc_greedy_decode(np.asarray(ids)[:len(chunk)], np.asarray(probs)[:len(chunk)],
+                                    comp.charset)
+        for (path, _), (text, score) in zip(chunk, decoded):
+            yield path, text, score
+
+
+def _prepare(paths, transform):
+    samples, skipped = [], 0
+    rng = np.random.default_rng(0)
+    for path in paths:
+        try:
+            with open(path, "rb") as f:
+                out = transform({"image_bytes": f.read()}, rng)
+        except (BadSample, OSError) as e:
+            log.warning("skipped %s: %s", path, e)
+            skipped += 1
+            continue
+        samples.append((path, out["image"]))
+    if skipped:
+        log.warning("%d unreadable images skipped", skipped)
+    return samples

@@ -1,0 +1,14 @@
+from jaxocr.metrics.rec_metric import RecMetric
+
+METRICS = {"RecMetric": RecMetric}
+
+
+def build_metric(metric_cfg: dict | None):
+    cfg = dict(metric_cfg or {"name": "RecMetric"})
+    name = cfg.pop("name", "RecMetric")
+    if name not in METRICS:
+        raise ValueError(f"Metric.name: unknown metric {name!r}; known: {', '.join(METRICS)}")
+    return METRICS[name](**cfg)
+
+
+__all__ = ["RecMetric", "build_metric"]

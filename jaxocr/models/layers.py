@@ -1,0 +1,242 @@
+"""Shared building blocks: a backend-aware ``Conv``, ``ConvBNLayer``, activations, initialisers.
+
+Why a hand-written ``Conv``: XLA:CPU runs grouped (depthwise) convolutions pathologically
+slowly -- measured on this machine one 5x5 depthwise layer took ~1 s forward+backward against
+0.03 s for a 1x1 conv of the same tensor.  On CPU we therefore compute
+
+* a depthwise k x k conv as the sum of k*k (strided) shifted slices of the padded input times
+  per-channel weights (~3x faster end to end for MobileNetV3), and
+* a 1x1 conv as one 2-D matmul ``(B*H*W, Cin) @ (Cin, Cout)`` (another +25-35 %).
+
+Elsewhere (GPU/TPU) ``lax.conv_general_dilated`` is used, which maps to cuDNN.  Parameters are
+the same in every implementation (``kernel`` of shape (kh, kw, Cin/groups, Cout) exactly like
+``flax.linen.Conv``, optional ``bias``), so a checkpoint works with any of them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+from jax import lax
+
+Array = jax.Array
+Dtype = Any
+
+CONV_IMPLS = ("auto", "xla", "fast")
+
+
+def _pair(v: int | Sequence[int], what: str) -> tuple[int, int]:
+    if isinstance(v, int):
+        return (v, v)
+    v = tuple(int(a) for a in v)
+    if len(v) != 2:
+        raise ValueError(f"{what} must be an int or a pair, got {v!r}")
+    return v  # type: ignore[return-value]
+
+
+def resolve_conv_impl(impl: str) -> str:
+    """'auto' -> 'fast' on the CPU backend, 'xla' elsewhere."""
+    if impl not in CONV_IMPLS:
+        raise ValueError(f"conv impl must be one of {CONV_IMPLS}, got {impl!r}")
+    if impl == "auto":
+        return "fast" if jax.default_backend() == "cpu" else "xla"
+    return impl
+
+
+# --------------------------------------------------------------------------- initialisers
+
+
+def paddle_conv_kernel_init(fan_in: int) -> Callable:
+    """Paddle's default Conv2D init: Normal(0, sqrt(2 / fan_in)), fan_in = kh*kw*in_channels.
+
+    Paddle uses the *total* in_channels even for grouped convs (``np.prod(kernel) * in_channels``),
+    so a depthwise kernel (kh, kw, 1, C) gets std sqrt(2 / (kh*kw*C)).
+    """
+    std = math.sqrt(2.0 / fan_in)
+
+    def init(key, shape, dtype=jnp.float32):
+        return std * jax.random.normal(key, shape, dtype)
+
+    return init
+
+
+def uniform_init(bound: float) -> Callable:
+    """Uniform(-bound, bound), Paddle's ``nn.initializer.Uniform(-b, b)``."""
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+# --------------------------------------------------------------------------- activations
+
+
+def hardswish(x: Array) -> Array:
+    """Paddle ``F.hardswish``: x * relu6(x + 3) / 6."""
+    return x * jnp.clip(x + 3.0, 0.0, 6.0) / 6.0
+
+
+def hardsigmoid(x: Array, slope: float = 0.2, offset: float = 0.5) -> Array:
+    """Paddle ``F.hardsigmoid(x, slope, offset)`` = clip(slope*x + offset, 0, 1).
+
+    PaddleOCR's MobileNetV3 SE uses slope 0.2 (not the 1/6 of torch / jax.nn.hard_sigmoid).
+    """
+    return jnp.clip(slope * x + offset, 0.0, 1.0)
+
+
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "relu": nn.relu,
+    "hardswish": hardswish,
+    "hard_swish": hardswish,
+}
+
+
+def get_activation(name: str | None) -> Callable[[Array], Array]:
+    if name is None:
+        return lambda x: x
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; known: {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
+# --------------------------------------------------------------------------- conv kernels
+
+
+def conv_xla(x: Array, kernel: Array, strides: tuple[int, int], padding: tuple[int, int],
+             groups: int) -> Array:
+    """Reference NHWC conv via ``lax.conv_general_dilated`` (cuDNN on GPU)."""
+    ph, pw = padding
+    return lax.conv_general_dilated(
+        x, kernel, window_strides=strides, padding=((ph, ph), (pw, pw)),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups)
+
+
+def _out_size(n: int, k: int, s: int, p: int) -> int:
+    return (n + 2 * p - k) // s + 1
+
+
+def depthwise_conv_fast(x: Array, kernel: Array, strides: tuple[int, int],
+                        padding: tuple[int, int]) -> Array:
+    """Depthwise conv as a sum of k*k strided shifted slices times per-channel weights.
+
+    x: (B, H, W, C); kernel: (kh, kw, 1, C * m) with channel multiplier m == 1 here.
+    """
+    kh, kw, _, cout = kernel.shape
+    b, h, w, c = x.shape
+    if cout != c:
+        raise ValueError(f"fast depthwise conv needs Cout == Cin, got {cout} vs {c}")
+    sh, sw = strides
+    ph, pw = padding
+    ho, wo = _out_size(h, kh, sh, ph), _out_size(w, kw, sw, pw)
+    if ho <= 0 or wo <= 0:
+        raise ValueError(f"input {h}x{w} too small for kernel {kh}x{kw}, padding {padding}")
+    xp = jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0))) if (ph or pw) else x
+    out = None
+    for i in range(kh):
+        for j in range(kw):
+            sl = lax.slice(xp, (0, i, j, 0),
+                           (b, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, c),
+                           (1, sh, sw, 1))
+            term = sl * kernel[i, j, 0]
+            out = term if out is None else out + term
+    return out
+
+
+def pointwise_conv_fast(x: Array, kernel: Array, strides: tuple[int, int]) -> Array:
+    """1x1 conv (groups 1) as one 2-D matmul (B*H*W, Cin) @ (Cin, Cout)."""
+    sh, sw = strides
+    if sh != 1 or sw != 1:
+        x = x[:, ::sh, ::sw, :]
+    b, h, w, c = x.shape
+    cout = kernel.shape[-1]
+    y = jnp.dot(x.reshape(b * h * w, c), kernel.reshape(c, cout))
+    return y.reshape(b, h, w, cout)
+
+
+class Conv(nn.Module):
+    """NHWC 2-D convolution with Paddle semantics and a per-backend implementation.
+
+    Attributes:
+      features: output channels.
+      kernel_size: int or (kh, kw).
+      strides: int or (sh, sw).
+      padding: int or (ph, pw), symmetric; None -> ((kh-1)//2, (kw-1)//2) as PaddleOCR uses.
+      groups: 1 or in_channels (depthwise).
+      use_bias: add a ``bias`` parameter (zeros init, as Paddle).
+      impl: 'auto' (fast on CPU, xla elsewhere), 'fast' or 'xla'.
+      dtype: compute dtype; parameters stay ``param_dtype`` (float32).
+    """
+
+    features: int
+    kernel_size: int | Sequence[int] = 1
+    strides: int | Sequence[int] = 1
+    padding: int | Sequence[int] | None = None
+    groups: int = 1
+    use_bias: bool = False
+    impl: str = "auto"
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    kernel_init: Callable | None = None  # None -> Paddle's default (see paddle_conv_kernel_init)
+    bias_init: Callable = nn.initializers.zeros
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        kh, kw = _pair(self.kernel_size, "kernel_size")
+        strides = _pair(self.strides, "strides")
+        padding = ((kh - 1) // 2, (kw - 1) // 2) if self.padding is None else _pair(
+            self.padding, "padding")
+        cin = x.shape[-1]
+        g = self.groups
+        if g != 1 and not (g == cin and self.features == cin):
+            raise ValueError(
+                f"Conv supports groups=1 or depthwise (groups == in == out channels); got "
+                f"groups={g}, in={cin}, out={self.features}")
+        init = self.kernel_init or paddle_conv_kernel_init(kh * kw * cin)
+        kernel = self.param("kernel", init, (kh, kw, cin // g, self.features), self.param_dtype)
+        x = x.astype(self.dtype)
+        kernel = kernel.astype(self.dtype)
+        impl = resolve_conv_impl(self.impl)
+        if impl == "fast" and g == cin and g != 1:
+            y = depthwise_conv_fast(x, kernel, strides, padding)
+        elif impl == "fast" and g == 1 and (kh, kw) == (1, 1) and padding == (0, 0):
+            y = pointwise_conv_fast(x, kernel, strides)
+        else:  # dense k x k convs (e.g. the 3-channel stem) are fine in XLA:CPU
+            y = conv_xla(x, kernel, strides, padding, g)
+        if self.use_bias:
+            bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+            y = y + bias.astype(self.dtype)
+        return y
+
+
+def batch_norm(train: bool, axis_name: str | None, dtype: Dtype, name: str | None = None
+               ) -> nn.BatchNorm:
+    """PaddleOCR's BatchNorm: momentum 0.9, eps 1e-5; scale 1, bias 0 at init."""
+    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                        axis_name=axis_name, dtype=dtype, param_dtype=jnp.float32, name=name)
+
+
+class ConvBNLayer(nn.Module):
+    """Conv (no bias) -> BatchNorm -> optional activation (Paddle's ``ConvBNLayer``)."""
+
+    out_channels: int
+    kernel_size: int | Sequence[int] = 1
+    stride: int | Sequence[int] = 1
+    padding: int | Sequence[int] | None = None
+    groups: int = 1
+    act: str | None = None
+    bn_axis_name: str | None = None
+    conv_impl: str = "auto"
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool) -> Array:
+        groups = x.shape[-1] if self.groups == -1 else self.groups
+        x = Conv(self.out_channels, self.kernel_size, self.stride, self.padding, groups,
+                 use_bias=False, impl=self.conv_impl, dtype=self.dtype, name="conv")(x)
+        x = batch_norm(train, self.bn_axis_name, self.dtype, name="bn")(x)
+        return get_activation(self.act)(x)

@@ -1,0 +1,133 @@
+"""Optimizer and learning-rate schedule from PaddleOCR's `Optimizer` section, via optax.
+
+Schedules step once per iteration and count `steps_per_epoch` per card, as PaddleOCR does.
+`regularizer: {name: L2, factor}` is coupled L2 (grad += factor * w) with per-parameter
+overrides: the CTC head's `fc_decay`, and no decay on BatchNorm scale and bias.
+"""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def build_schedule(lr_cfg, steps_per_epoch: int, epoch_num: int):
+    if not isinstance(lr_cfg, dict):  # `lr: 0.001`
+        lr_cfg = {"learning_rate": lr_cfg}
+    name = lr_cfg.get("name", "Const")
+    base = float(lr_cfg.get("learning_rate", 0.001))
+    total = steps_per_epoch * epoch_num
+    if name == "Const":
+        inner = optax.constant_schedule(base)
+    elif name == "Cosine":
+        t_max = lr_cfg.get("T_max") or total
+        eta_min = float(lr_cfg.get("eta_min", 0.0))
+        inner = lambda t: eta_min + (base - eta_min) * 0.5 * (1 + jnp.cos(jnp.pi * t / t_max))
+    elif name == "Piecewise":
+        boundaries = [int(e * steps_per_epoch) for e in lr_cfg["decay_epochs"]]
+        values = [float(v) for v in lr_cfg["values"]]
+        if len(values) != len(boundaries) + 1:
+            raise ValueError("Optimizer.lr: Piecewise needs len(values) == len(decay_epochs) + 1")
+        inner = optax.piecewise_constant_schedule(
+            values[0], {b: v / p for b, v, p in zip(boundaries, values[1:], values[:-1])})
+    elif name == "Linear":
+        end_lr = float(lr_cfg.get("end_lr", 0.0))
+        inner = optax.polynomial_schedule(base, end_lr, float(lr_cfg.get("power", 1.0)), total)
+    elif name == "Step":
+        inner = optax.exponential_decay(base, int(lr_cfg["step_size"] * steps_per_epoch),
+                                        float(lr_cfg.get("gamma", 0.1)), staircase=True)
+    else:
+        raise ValueError(f"Optimizer.lr.name: unknown schedule {name!r}; known: "
+                         "Const, Cosine, Piecewise, Linear, Step")
+    warmup = round(float(lr_cfg.get("warmup_epoch", 0)) * steps_per_epoch)
+    if warmup <= 0:
+        return inner
+    ramp = optax.linear_schedule(0.0, base, warmup)
+    return optax.join_schedules([ramp, inner], [warmup])
+
+
+def _is_norm(path) -> bool:
+    return any("BatchNorm" in str(getattr(k, "key", k)) or "LayerNorm" in str(getattr(k, "key", k))
+               or str(getattr(k, "key", k)).startswith(("bn", "norm")) for k in path)
+
+
+def _in_head(path) -> bool:
+    return any("head" in str(getattr(k, "key", k)).lower() for k in path)
+
+
+def l2_factors(params, opt_cfg: dict, arch_cfg: dict):
+    """Per-parameter coupled-L2 factor, PaddleOCR's ParamAttr precedence."""
+    reg = opt_cfg.get("regularizer") or {}
+    base = float(reg.get("factor", 0.0)) if reg.get("name", "L2") in ("L2", "l2") else 0.0
+    head_decay = (arch_cfg.get("Head") or {}).get("fc_decay")
+
+    def factor(path, _):
+        if _is_norm(path):
+            return 0.0
+        if head_decay is not None and _in_head(path):
+            return float(head_decay)
+        return base
+
+    return jax.tree_util.tree_map_with_path(factor, params)
+
+
+def coupled_l2(factors) -> optax.GradientTransformation:
+    def update(updates, state, params):
+        return jax.tree.map(lambda g, p, f: g + f * p if f else g, updates, params, factors), state
+    return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
+
+
+def clip_each_by_norm(max_norm: float) -> optax.GradientTransformation:
+    """Paddle's ClipGradByNorm: each tensor clipped by its own L2 norm."""
+    def update(updates, state, params=None):
+        def clip(g):
+            norm = jnp.sqrt(jnp.sum(jnp.square(g)))
+            return g * jnp.minimum(1.0, max_norm / jnp.maximum(norm, 1e-12))
+        return jax.tree.map(clip, updates), state
+    return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
+
+
+def _decay_mask(params, opt_cfg):
+    names = (opt_cfg.get("no_weight_decay_name") or "").split()
+    one_dim = opt_cfg.get("one_dim_param_no_weight_decay", False)
+
+    def decays(path, p):
+        joined = "/".join(str(getattr(k, "key", k)) for k in path)
+        return not (any(n in joined for n in names) or (one_dim and p.ndim == 1))
+
+    return jax.tree_util.tree_map_with_path(decays, params)
+
+
+def build_optimizer(opt_cfg: dict, arch_cfg: dict, params, steps_per_epoch: int, epoch_num: int):
+    """Returns (optax transformation, schedule)."""
+    schedule = build_schedule(opt_cfg.get("lr", {"learning_rate": 0.001}), steps_per_epoch, epoch_num)
+    name = opt_cfg.get("name", "Adam")
+    chain = []
+    if opt_cfg.get("clip_norm") is not None:
+        chain.append(clip_each_by_norm(float(opt_cfg["clip_norm"])))
+    if opt_cfg.get("clip_norm_global") is not None:
+        chain.append(optax.clip_by_global_norm(float(opt_cfg["clip_norm_global"])))
+    factors = l2_factors(params, opt_cfg, arch_cfg)
+    if any(jax.tree.leaves(factors)):
+        chain.append(coupled_l2(factors))
+    b1, b2 = float(opt_cfg.get("beta1", 0.9)), float(opt_cfg.get("beta2", 0.999))
+    eps = float(opt_cfg.get("epsilon", 1e-8))
+    if name == "Adam":
+        chain.append(optax.adam(schedule, b1=b1, b2=b2, eps=eps))
+    elif name == "AdamW":
+        chain.append(optax.adamw(schedule, b1=b1, b2=b2, eps=eps,
+                                 weight_decay=float(opt_cfg.get("weight_decay", 0.01)),
+                                 mask=_decay_mask(params, opt_cfg)))
+    elif name == "Momentum":
+        chain.append(optax.sgd(schedule, momentum=float(opt_cfg.get("momentum", 0.9))))
+    elif name == "SGD":
+        chain.append(optax.sgd(schedule))
+    else:
+        raise ValueError(f"Optimizer.name: unknown optimizer {name!r}; known: Adam, AdamW, Momentum, SGD")
+    return optax.chain(*chain), schedule
+
+
+def steps_per_epoch(num_samples: int, global_batch: int, drop_last: bool = True) -> int:
+    return num_samples // global_batch if drop_last else math.ceil(num_samples / global_batch)

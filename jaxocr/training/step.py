@@ -1,0 +1,114 @@
+"""The compiled train and eval steps.
+
+Train step: `jit(shard_map(...))` over the 'data' mesh axis. Each device computes loss and
+gradients on its own slice of the global batch; then ONE `lax.pmean` averages gradients, BN
+running statistics and the loss, flattened into a single buffer (Horovod's model). Plain `jit`
+over a sharded batch is avoided on purpose: XLA's SPMD partitioner then places an all-reduce of
+the LSTM gradients inside the backward scan loop (~160 collectives per step).
+"""
+from __future__ import annotations
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from jax.flatten_util import ravel_pytree
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from jaxocr.distributed import AXIS
+from jaxocr.losses import batch_mean
+from jaxocr.postprocess import best_path
+
+try:  # jax >= 0.7 exports shard_map at the top level
+    from jax import shard_map as _shard_map
+
+    def shard_map(f, mesh, in_specs, out_specs):
+        return _shard_map(f, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
+except ImportError:  # pragma: no cover
+    from jax.experimental.shard_map import shard_map as _shard_map
+
+    def shard_map(f, mesh, in_specs, out_specs):
+        return _shard_map(f, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_rep=False)
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: dict
+    batch_stats: dict
+    opt_state: optax.OptState
+    rng: jax.Array
+
+
+def init_variables(model, image_shape, seed: int) -> dict:
+    """Initialise on the host with a batch of one; params float32."""
+    return model.init(jax.random.PRNGKey(seed), jnp.zeros((1, *image_shape), jnp.float32),
+                      train=False)
+
+
+def create_state(variables: dict, tx, seed: int) -> TrainState:
+    params = variables["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      batch_stats=variables.get("batch_stats", {}),
+                      opt_state=tx.init(params), rng=jax.random.PRNGKey(seed + 1))
+
+
+def count_params(params) -> int:
+    return sum(int(x.size) for x in jax.tree.leaves(params))
+
+
+def pmean_flat(tree, axis_name=AXIS):
+    """All-reduce a whole pytree as one contiguous buffer: one collective, not one per leaf."""
+    flat, unravel = ravel_pytree(tree)
+    return unravel(jax.lax.pmean(flat, axis_name))
+
+
+def make_train_step(model, tx, loss_fn, mesh, dtype=jnp.float32):
+    """Returns step(state, batch) -> (state, out); out holds the loss and the batch's best path."""
+
+    def per_device(state: TrainState, batch):
+        images = batch["image"].astype(dtype)
+
+        def compute_loss(params):
+            logits, updated = model.apply(
+                {"params": params, "batch_stats": state.batch_stats}, images, train=True,
+                mutable=["batch_stats"],
+                rngs={"dropout": jax.random.fold_in(jax.random.fold_in(state.rng, state.step),
+                                                    jax.lax.axis_index(AXIS))})
+            loss = batch_mean(loss_fn(logits, batch["label"], batch["length"]))
+            return loss, (logits, updated.get("batch_stats", {}))
+
+        (loss, (logits, batch_stats)), grads = jax.value_and_grad(compute_loss, has_aux=True)(
+            state.params)
+        grads, batch_stats, loss = pmean_flat((grads, batch_stats, loss))
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        ids, _ = best_path(logits)
+        new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                                  opt_state=opt_state)
+        return new_state, {"loss": loss, "pred_ids": ids}
+
+    sharded = shard_map(per_device, mesh, in_specs=(P(), P(AXIS)),
+                        out_specs=(P(), {"loss": P(), "pred_ids": P(AXIS)}))
+    return jax.jit(sharded, donate_argnums=(0,))
+
+
+def make_eval_step(model, mesh, dtype=jnp.float32):
+    """Forward in eval mode; returns the best path (ids, probs), sharded on 'data'."""
+
+    def per_device(state: TrainState, images):
+        probs = model.apply({"params": state.params, "batch_stats": state.batch_stats},
+                            images.astype(dtype), train=False)
+        return best_path(probs.astype(jnp.float32))
+
+    sharded = shard_map(per_device, mesh, in_specs=(P(), P(AXIS)), out_specs=(P(AXIS), P(AXIS)))
+    return jax.jit(sharded)
+
+
+def replicated(mesh):
+    return NamedSharding(mesh, P())
+
+
+def batch_sharding(mesh):
+    return NamedSharding(mesh, P(AXIS))
+

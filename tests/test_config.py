@@ -1,0 +1,59 @@
+import os
+
+import pytest
+
+from jaxocr.config import ConfigError, apply_override, load_config
+from conftest import ROOT
+
+CRNN = os.path.join(ROOT, "configs/rec/rec_mv3_none_bilstm_ctc.yml")
+
+
+def test_loads_paddleocr_config_with_defaults():
+    cfg = load_config(CRNN)
+    assert cfg["Architecture"]["Backbone"] == {"name": "MobileNetV3", "scale": 0.5, "model_name": "large"}
+    assert cfg["Train"]["loader"]["batch_size_per_card"] == 256
+    assert cfg["Global"]["seed"] == 1024  # PaddleOCR's default, filled in
+    assert cfg["Eval"]["loader"]["shuffle"] is False
+
+
+def test_overrides_parse_values_through_yaml():
+    cfg = load_config(CRNN, ["Global.epoch_num=3", "Optimizer.lr.learning_rate=1e-3",
+                             "Global.eval_batch_step=[0, 50]", "Train.dataset.name=SynthTextLine",
+                             "Global.checkpoints="])
+    assert cfg["Global"]["epoch_num"] == 3
+    assert cfg["Optimizer"]["lr"]["learning_rate"] == pytest.approx(1e-3)
+    assert cfg["Global"]["eval_batch_step"] == [0, 50]
+    assert cfg["Train"]["dataset"]["name"] == "SynthTextLine"
+    assert cfg["Global"]["checkpoints"] is None
+
+
+def test_misspelt_key_names_path_and_suggestion():
+    with pytest.raises(ConfigError) as e:
+        load_config(CRNN, ["Global.epoch_nums=3"])
+    assert "Global.epoch_nums" in str(e.value) and "'epoch_num'" in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        load_config(CRNN, ["Train.loader.batch_size_per_crad=8"])
+    assert "Train.loader.batch_size_per_crad" in str(e.value)
+    assert "'batch_size_per_card'" in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        load_config(CRNN, ["Optimiser.name=Adam"])
+    assert "'Optimizer'" in str(e.value)
+
+
+def test_paddle_only_keys_are_accepted_and_logged(caplog):
+    with caplog.at_level("INFO", logger="jaxocr"):
+        cfg = load_config(CRNN, ["Global.use_gpu=false"])
+    assert cfg["Global"]["use_gpu"] is False
+    assert "Global.use_gpu" in caplog.text and "Global.use_visualdl" in caplog.text
+
+
+def test_bad_override_syntax():
+    with pytest.raises(ConfigError, match="Key.sub=value"):
+        apply_override({}, "Global.epoch_num")
+    with pytest.raises(ConfigError, match="not a section"):
+        apply_override({"Global": {"epoch_num": 1}}, "Global.epoch_num.x=1")
+
+
+def test_missing_config_file():
+    with pytest.raises(ConfigError, match="nope.yml"):
+        load_config("nope.yml")
