@@ -6,3 +6,22 @@ import jax
 jax.config.update("jax_num_cpu_devices", 4)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Tests build the same programs several times (train, stop, resume): reuse compilations.
+jax.config.update("jax_compilation_cache_dir", os.path.join(ROOT, ".pytest_cache", "jax"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+TINY = [  # the real CRNN code at its smallest scale, few samples: fast on 2 cores
+    "Architecture.Backbone.model_name=small", "Architecture.Backbone.scale=0.35",
+    "Architecture.Backbone.small_stride=[1,2,2,2]", "Architecture.Neck.hidden_size=48",
+    "Train.dataset.num_samples=64", "Train.loader.batch_size_per_card=2",
+    "Eval.dataset.num_samples=10", "Eval.loader.batch_size_per_card=2",
+    "Global.print_batch_step=2", "Global.eval_batch_step=[0,1000]", "Global.use_tensorboard=false",
+    "Train.loader.num_workers=1", "Eval.loader.num_workers=1",
+]
+QUICKSTART = os.path.join(ROOT, "configs/rec/quickstart_crnn.yml")
+
+
+def tiny_config(save_dir, *overrides):
+    from jaxocr.config import load_config
+    return load_config(QUICKSTART, TINY + [f"Global.save_model_dir={save_dir}", *overrides])

@@ -15,6 +15,7 @@ import queue
 import threading
 import time
 
+import cv2
 import grain
 import jax
 import numpy as np
@@ -25,6 +26,7 @@ from jaxocr.data.transforms import BadSample, build_transforms
 log = logging.getLogger("jaxocr")
 
 MAX_SUBSTITUTES = 16
+cv2.setNumThreads(1)  # OpenCV threads would compete with XLA for the cores
 DEVICE_KEYS = {"Train": ("image", "label", "length"), "Eval": ("image",)}
 
 

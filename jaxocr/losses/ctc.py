@@ -9,10 +9,10 @@ def ctc_loss(logits, labels, lengths, use_focal_loss=False, weights=None):
     Returns the per-sample losses (B,) in float32; log-softmax runs in float32 whatever the
     compute dtype. `weights` (B,) masks samples out of the mean (padding in eval).
     """
-    logits = logits.astype(jnp.float32)
+    logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
     b, t, _ = logits.shape
-    logit_paddings = jnp.zeros((b, t), jnp.float32)
-    label_paddings = (jnp.arange(labels.shape[1])[None, :] >= lengths[:, None]).astype(jnp.float32)
+    logit_paddings = jnp.zeros((b, t), logits.dtype)
+    label_paddings = (jnp.arange(labels.shape[1])[None, :] >= lengths[:, None]).astype(logits.dtype)
     loss = optax.ctc_loss(logits, logit_paddings, labels, label_paddings, blank_id=0)
     if use_focal_loss:
         loss = loss * jnp.square(1.0 - jnp.exp(-loss))

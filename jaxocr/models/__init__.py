@@ -1,0 +1,122 @@
+"""Build a Flax model from PaddleOCR's ``Architecture`` config section.
+
+Registries map the config's ``name:`` to a class, so a PaddleOCR config reads the same here::
+
+    Architecture:
+      model_type: rec
+      algorithm: CRNN
+      Transform:
+      Backbone: {name: MobileNetV3, scale: 0.5, model_name: large}
+      Neck: {name: SequenceEncoder, encoder_type: rnn, hidden_size: 96}
+      Head: {name: CTCHead, fc_decay: 0, out_channels: 37}
+
+New families register themselves by adding an entry to ``BACKBONES`` / ``NECKS`` / ``HEADS`` /
+``TRANSFORMS``.  Module classes may declare the dataclass fields ``bn_axis_name``, ``dtype``
+and ``conv_impl``; ``build_model`` fills those it finds from its own arguments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from jaxocr.models.backbones.mobilenet_v3 import MobileNetV3
+from jaxocr.models.heads.ctc import CTCHead
+from jaxocr.models.necks.rnn import SequenceEncoder
+
+TRANSFORMS: dict[str, type[nn.Module]] = {}
+BACKBONES: dict[str, type[nn.Module]] = {"MobileNetV3": MobileNetV3}
+NECKS: dict[str, type[nn.Module]] = {"SequenceEncoder": SequenceEncoder}
+HEADS: dict[str, type[nn.Module]] = {"CTCHead": CTCHead}
+
+_REGISTRIES = {"Transform": TRANSFORMS, "Backbone": BACKBONES, "Neck": NECKS, "Head": HEADS}
+_GLOBAL_FIELDS = ("bn_axis_name", "dtype", "conv_impl")
+_RESERVED = set(_GLOBAL_FIELDS) | {"parent", "name"}
+
+
+def _build_part(section: str, cfg: dict | None, globals_: dict[str, Any]) -> nn.Module | None:
+    if cfg is None:
+        return None
+    if not isinstance(cfg, dict) or "name" not in cfg:
+        raise ValueError(f"Architecture.{section} must be a mapping with a 'name' key, got {cfg!r}")
+    registry = _REGISTRIES[section]
+    cfg = dict(cfg)
+    name = cfg.pop("name")
+    if name not in registry:
+        raise ValueError(f"Architecture.{section}.name: unknown {section} {name!r}; "
+                         f"known: {sorted(registry)}")
+    cls = registry[name]
+    fields = {f.name for f in dataclasses.fields(cls)} - {"parent", "name"}
+    bad = sorted(k for k in cfg if k not in fields or k in _RESERVED)
+    if bad:
+        accepted = sorted(fields - _RESERVED)
+        raise ValueError(f"Architecture.{section} ({name}): unknown key(s) {bad}; "
+                         f"accepted: {accepted}")
+    kwargs = {k: v for k, v in globals_.items() if k in fields}
+    kwargs.update(cfg)
+    try:
+        return cls(**kwargs)
+    except TypeError as e:  # missing required field, e.g. Head.out_channels
+        raise ValueError(f"Architecture.{section} ({name}): {e}") from e
+
+
+class BaseModel(nn.Module):
+    """Transform -> Backbone -> Neck -> Head, each optional but the backbone (Paddle's BaseModel).
+
+    ``__call__(x, train)``: x is NHWC float (B, H, W, 3).  For a rec model the output is
+    (B, T, C): logits when ``train``, probabilities otherwise.
+    """
+
+    backbone: nn.Module
+    transform: nn.Module | None = None
+    neck: nn.Module | None = None
+    head: nn.Module | None = None
+    model_type: str = "rec"
+    algorithm: str = ""
+
+    def __call__(self, x: jax.Array, train: bool = False):
+        if self.transform is not None:
+            x = self.transform(x, train)
+        x = self.backbone(x, train)
+        if self.neck is not None:
+            x = self.neck(x, train)
+        if self.head is not None:
+            x = self.head(x, train)
+        return x
+
+
+def build_model(arch_cfg: dict, bn_axis_name: str | None = None, dtype: Any = jnp.float32,
+                conv_impl: str = "auto") -> nn.Module:
+    """Flax module for PaddleOCR's ``Architecture`` section.
+
+    Args:
+      arch_cfg: the ``Architecture`` dict (``Head.out_channels`` already filled by the caller).
+      bn_axis_name: mesh axis for synchronised BatchNorm statistics (None: per-device).
+      dtype: compute dtype (params stay float32).
+      conv_impl: 'auto' | 'fast' | 'xla' (see ``jaxocr.models.layers.Conv``).
+    Variables: collections 'params' and 'batch_stats'.
+    """
+    if not isinstance(arch_cfg, dict):
+        raise ValueError(f"Architecture must be a mapping, got {type(arch_cfg).__name__}")
+    known = {"model_type", "algorithm", "Transform", "Backbone", "Neck", "Head"}
+    unknown = sorted(set(arch_cfg) - known)
+    if unknown:
+        raise ValueError(f"Architecture: unknown key(s) {unknown}; known: {sorted(known)}")
+    if arch_cfg.get("Backbone") is None:
+        raise ValueError("Architecture.Backbone is required")
+    g = {"bn_axis_name": bn_axis_name, "dtype": dtype, "conv_impl": conv_impl}
+    return BaseModel(
+        backbone=_build_part("Backbone", arch_cfg["Backbone"], g),
+        transform=_build_part("Transform", arch_cfg.get("Transform"), g),
+        neck=_build_part("Neck", arch_cfg.get("Neck"), g),
+        head=_build_part("Head", arch_cfg.get("Head"), g),
+        model_type=arch_cfg.get("model_type", "rec"),
+        algorithm=arch_cfg.get("algorithm", "") or "",
+    )
+
+
+__all__ = ["build_model", "BaseModel", "TRANSFORMS", "BACKBONES", "NECKS", "HEADS"]

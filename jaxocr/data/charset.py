@@ -1,0 +1,91 @@
+"""Recognition character dictionary: index 0 is the CTC blank, characters are 1..N.
+
+PaddleOCR's `BaseRecLabelEncode` semantics: without `character_dict_path` the dictionary is
+"0-9a-z" and labels are lower-cased; with a path it is one character per line (a trailing
+"\\r\\n" stripped, so a line holding one space is the space character; an empty line keeps
+its index but matches nothing), plus " " appended when `use_space_char` is set. A character
+listed twice maps to its last index, as in PaddleOCR.
+
+One deliberate difference: PaddleOCR's encoder silently skips characters that are not in the
+dictionary (training on a shortened label); here `encode` returns None so the sample is dropped
+and counted instead.
+"""
+from __future__ import annotations
+
+import os
+from typing import Iterable
+
+DEFAULT_CHARACTERS = "0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+class CharacterDict:
+    def __init__(self, dict_path: str | os.PathLike | None = None, use_space_char: bool = False):
+        if dict_path:
+            dict_path = os.fspath(dict_path)
+            if not os.path.isfile(dict_path):
+                raise FileNotFoundError(f"character_dict_path not found: {dict_path}")
+            chars: list[str] = []
+            with open(dict_path, "rb") as f:
+                for lineno, raw in enumerate(f, 1):
+                    try:
+                        line = raw.decode("utf-8")
+                    except UnicodeDecodeError as e:
+                        raise ValueError(f"{dict_path}:{lineno}: not UTF-8 ({e})") from None
+                    # kept even when empty, so ids match PaddleOCR's (and its pretrained heads)
+                    chars.append(line.strip("\n").strip("\r\n"))
+            if use_space_char:
+                chars.append(" ")
+            self.lower = False
+        else:
+            chars = list(DEFAULT_CHARACTERS)
+            self.lower = True
+        if not chars:
+            raise ValueError(f"character dictionary {dict_path} is empty")
+        self.dict_path = dict_path
+        self.use_space_char = bool(use_space_char) and bool(dict_path)
+        self.characters: list[str] = chars
+        # later duplicates win; an empty line or a multi-character line never matches a char
+        self._index = {c: i + 1 for i, c in enumerate(chars) if len(c) == 1}
+        self._table = ["" for _ in range(len(chars) + 1)]
+        for i, c in enumerate(chars):
+            self._table[i + 1] = c
+
+    @classmethod
+    def from_config(cls, global_cfg: dict) -> "CharacterDict":
+        return cls(global_cfg.get("character_dict_path") or None,
+                   bool(global_cfg.get("use_space_char", False)))
+
+    @property
+    def num_classes(self) -> int:
+        """Dictionary size plus the blank."""
+        return len(self.characters) + 1
+
+    def __len__(self) -> int:
+        return len(self.characters)
+
+    def __contains__(self, char: str) -> bool:
+        return char in self._index
+
+    def normalize(self, text: str) -> str:
+        return text.lower() if self.lower else text
+
+    def encode(self, text: str) -> list[int] | None:
+        """Ids 1..N of `text`, or None if any character is outside the dictionary."""
+        index = self._index
+        try:
+            return [index[c] for c in self.normalize(text)]
+        except KeyError:
+            return None
+
+    def unknown_chars(self, text: str) -> set[str]:
+        return {c for c in self.normalize(text) if c not in self._index}
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Characters of `ids`; 0 (blank/padding) and out-of-range ids are skipped."""
+        table, n = self._table, len(self._table)
+        return "".join(table[i] for i in map(int, ids) if 0 < i < n)
+
+    def __repr__(self) -> str:
+        src = self.dict_path or "default 0-9a-z (lower-cased)"
+        return f"CharacterDict({src}, {len(self.characters)} chars, space={self.use_space_char})"
+

@@ -1,0 +1,304 @@
+"""Recognition data layer: charset, synthetic renderer, sources, transforms."""
+import math
+import os
+import pickle
+import threading
+
+import cv2
+import numpy as np
+import pytest
+
+from jaxocr.data.charset import CharacterDict
+from jaxocr.data.fixtures import write_label_file_dataset, write_lmdb_dataset
+from jaxocr.data.sources import (KNOWN_SOURCES, LMDBDataSet, SimpleDataSet, build_source)
+from jaxocr.data.synth import SynthTextLine, matplotlib_font_dir
+from jaxocr.data.transforms import (BadSample, RecAug, RecResizeImg, build_transforms, jitter,
+                                    resize_norm_img)
+
+ALNUM = "0123456789abcdefghijklmnopqrstuvwxyz"
+G = {"max_text_length": 25}
+REC_OPS = [
+    {"DecodeImage": {"img_mode": "BGR", "channel_first": False}},
+    {"RecAug": None},
+    {"CTCLabelEncode": None},
+    {"RecResizeImg": {"image_shape": [3, 32, 100]}},
+    {"KeepKeys": {"keep_keys": ["image", "label", "length"]}},
+]
+
+
+# ---------------------------------------------------------------------------------- charset
+def test_default_charset_encode_decode():
+    cs = CharacterDict()
+    assert cs.num_classes == 37 and len(cs.characters) == 36
+    assert cs.encode("a0z") == [11, 1, 36]
+    assert cs.encode("AbC") == cs.encode("abc") == [11, 12, 13]  # lower-cased
+    assert cs.encode("ab-c") is None and cs.encode("a b") is None
+    assert cs.decode([0, 11, 0, 12, 13, 0, 0]) == "abc"
+    assert cs.decode([99, -1, 1]) == "0"  # out of range skipped
+    assert cs.decode(cs.encode("hello42")) == "hello42"
+
+
+def test_dict_file_charset(tmp_path):
+    p = tmp_path / "dict.txt"
+    p.write_bytes("a\r\nB\nä\n中\n".encode("utf-8"))
+    cs = CharacterDict(p, use_space_char=True)
+    assert cs.characters == ["a", "B", "ä", "中", " "]
+    assert cs.num_classes == 6
+    assert cs.encode("B a中") == [2, 5, 1, 4]
+    assert cs.encode("b") is None  # no lower-casing with a dict file
+    assert cs.decode([4, 3, 0, 5]) == "中ä "
+    no_space = CharacterDict.from_config({"character_dict_path": str(p), "use_space_char": False})
+    assert no_space.num_classes == 5 and no_space.encode("a a") is None
+    assert CharacterDict.from_config({"character_dict_path": None}).num_classes == 37
+    with pytest.raises(FileNotFoundError, match="nope.txt"):
+        CharacterDict(tmp_path / "nope.txt")
+
+
+# ---------------------------------------------------------------------------------- synth
+def test_synth_deterministic_and_distinct():
+    a = SynthTextLine(CharacterDict(), num_samples=50, seed=7)
+    b = pickle.loads(pickle.dumps(SynthTextLine(CharacterDict(), num_samples=50, seed=7)))
+    for i in (0, 13, 49):
+        img_a, lab_a = a.render(i)
+        img_b, lab_b = b.render(i)
+        assert lab_a == lab_b and np.array_equal(img_a, img_b)
+    images = [a.render(i)[0] for i in range(6)]
+    for i in range(len(images)):
+        for j in range(i + 1, len(images)):
+            assert images[i].shape != images[j].shape or not np.array_equal(images[i], images[j])
+    other_seed = SynthTextLine(CharacterDict(), num_samples=50, seed=8)
+    assert not np.array_equal(other_seed.render(0)[0], a.render(0)[0]) or \
+        other_seed.render(0)[1] != a.render(0)[1]
+    with pytest.raises(IndexError):
+        a.render(50)
+    # threads (each with its own font cache) render the same pixels
+    out = {}
+    threads = [threading.Thread(target=lambda t=t: out.update(
+        {i: a.render(i) for i in range(t, 20, 2)})) for t in range(2)]
+    [th.start() for th in threads]
+    [th.join() for th in threads]
+    for i in range(20):
+        assert out[i][1] == b.render(i)[1] and np.array_equal(out[i][0], b.render(i)[0])
+
+
+def test_synth_dark_text_on_light_background():
+    s = SynthTextLine(CharacterDict(), num_samples=40, seed=1)
+    assert all(p.startswith(matplotlib_font_dir()) for p in s.font_paths)
+    cs = CharacterDict()
+    for i in range(40):
+        img, label = s.render(i)
+        assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3
+        assert 32 <= img.shape[0] <= 48 and img.shape[1] >= 8
+        assert 1 <= len(label) <= 10 and cs.encode(label) is not None
+        gray = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY).astype(np.float32)
+        background = np.median(gray)
+        assert background > 140, (i, background)
+        dark = gray < background - 60
+        assert dark.mean() > 0.01, (i, label, dark.mean())  # visible glyph strokes
+        # the strokes span most of the text: dark pixels in several separate columns
+        assert dark.any(axis=0).sum() >= 3
+        assert gray[:, :2].mean() > background - 25  # margins are background
+
+
+# ---------------------------------------------------------------------------------- sources
+def test_simple_dataset_filters_and_bad_images(tmp_path):
+    label_file = write_label_file_dataset(tmp_path, 30, ALNUM, seed=3, corrupt=2, bad_labels=3)
+    with open(label_file, "a", encoding="utf-8") as f:
+        f.write("images/img_000000.png\t" + "a" * 26 + "\n")  # too long (max 25)
+        f.write("no delimiter on this line\n")                  # malformed
+        f.write("images/missing.png\tabc\n")                    # missing image file
+        f.write("\n")                                           # blank: ignored
+    cs = CharacterDict()
+    src = build_source({"name": "SimpleDataSet", "data_dir": str(tmp_path),
+                        "label_file_list": [label_file]}, "train", cs, G, seed=0)
+    assert isinstance(src, SimpleDataSet)
+    assert src.dropped == {"unknown_char": 3, "too_long": 1, "malformed": 1}
+    assert len(src) == 30 - 3 + 1
+
+    transform = build_transforms(REC_OPS, cs, G)
+    bad_decode, good = 0, 0
+    for i in range(len(src)):
+        if src.paths[i] == "images/missing.png":
+            with pytest.raises(BadSample, match="missing.png"):
+                src.load(i)
+            continue
+        sample = src.load(i)
+        assert isinstance(sample["image_bytes"], bytes)
+        try:
+            out = transform(sample, np.random.default_rng(i))
+        except BadSample as e:
+            assert "decode" in str(e)
+            bad_decode += 1
+            continue
+        good += 1
+        assert cs.decode(out["label"][:out["length"]]) == src.labels[i]
+    assert bad_decode == 2 and good == 30 - 3 - 2
+
+
+def test_simple_dataset_ratio_and_missing_label_file(tmp_path):
+    label_file = write_label_file_dataset(tmp_path, 40, ALNUM, seed=0)
+    cs = CharacterDict()
+    cfg = {"name": "SimpleDataSet", "data_dir": str(tmp_path),
+           "label_file_list": [label_file, label_file], "ratio_list": [0.5, 0.25]}
+    a = build_source(cfg, "train", cs, G, seed=1)
+    b = build_source(cfg, "train", cs, G, seed=1)
+    c = build_source(cfg, "train", cs, G, seed=2)
+    assert len(a) == 20 + 10 and a.paths == b.paths and a.paths != c.paths
+    missing = str(tmp_path / "does_not_exist.txt")
+    with pytest.raises(FileNotFoundError, match="does_not_exist.txt"):
+        build_source({**cfg, "label_file_list": [label_file, missing]}, "train", cs, G, seed=1)
+    with pytest.raises(ValueError, match="SimpleDataSet.*LMDBDataSet.*SynthTextLine"):
+        build_source({"name": "TFRecordDataSet"}, "train", cs, G, seed=1)
+    assert KNOWN_SOURCES == ("SimpleDataSet", "LMDBDataSet", "SynthTextLine")
+
+
+def test_lmdb_dataset_one_based_and_threads(tmp_path):
+    import lmdb
+
+    labels_a = write_lmdb_dataset(tmp_path / "train" / "a", 12, ALNUM, seed=5, bad_labels=2)
+    labels_b = write_lmdb_dataset(tmp_path / "train" / "sub" / "b", 5, ALNUM, seed=6)
+    # one more LMDB whose num-samples promises a label that is not there
+    env = lmdb.open(str(tmp_path / "train" / "c"), map_size=1 << 24)
+    with env.begin(write=True) as txn:
+        txn.put(b"num-samples", b"2")
+        ok, png = cv2.imencode(".png", np.full((32, 40, 3), 200, np.uint8))
+        txn.put(b"image-000000001", png.tobytes())
+        txn.put(b"label-000000001", b"zz9")
+        txn.put(b"image-000000002", png.tobytes())
+    env.close()
+
+    cs = CharacterDict()
+    src = build_source({"name": "LMDBDataSet", "data_dir": str(tmp_path / "train")},
+                       "train", cs, G, seed=0)
+    assert isinstance(src, LMDBDataSet)
+    root = os.path.realpath(tmp_path / "train")
+    assert [os.path.relpath(d, root) for d in src.dirs] == ["a", "c", "sub/b"]
+    assert src.dropped == {"unknown_char": 2, "missing_label": 1}
+    assert len(src) == 10 + 1 + 5
+    kept_a = [lab for lab in labels_a if cs.encode(lab) is not None]
+    got = [src.load(i)["label"] for i in range(len(src))]
+    assert got == kept_a + ["zz9"] + labels_b
+    # key 1 is the first sample: its image is SynthTextLine's sample 0
+    first = cv2.imdecode(np.frombuffer(src.load(0)["image_bytes"], np.uint8), cv2.IMREAD_COLOR)
+    ref, ref_label = SynthTextLine(ALNUM, 12, seed=5, mixed_case=False).render(0)
+    assert ref_label == labels_a[0] and np.array_equal(first, ref)
+
+    clone = pickle.loads(pickle.dumps(src))  # envs are not pickled; reopened lazily
+    results, errors = {}, []
+
+    def work(t):
+        try:
+            results[t] = [clone.load(i)["label"] for i in range(t, len(src), 2)]
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(2)]
+    [th.start() for th in threads]
+    [th.join() for th in threads]
+    assert not errors
+    assert results[0] == got[0::2] and results[1] == got[1::2]
+    again = LMDBDataSet(str(tmp_path / "train"), cs, 25)  # same LMDBs, same process: shared
+    assert again.load(3)["label"] == got[3]
+    (tmp_path / "empty_dir").mkdir()
+    with pytest.raises(FileNotFoundError, match="no LMDB"):
+        LMDBDataSet(str(tmp_path / "empty_dir"), cs, 25)
+
+
+def test_synth_source_from_config():
+    cs = CharacterDict()
+    train = build_source({"name": "SynthTextLine", "num_samples": 20}, "train", cs, G, seed=4)
+    evals = build_source({"name": "SynthTextLine"}, "eval", cs, G, seed=4)
+    assert len(train) == 20 and len(evals) == 1000 and train.dropped == {}
+    assert train.load(0)["label"] != evals.load(0)["label"] or \
+        not np.array_equal(train.load(0)["image"], evals.load(0)["image"])
+    with pytest.raises(ValueError, match="max_text_length"):
+        build_source({"name": "SynthTextLine", "max_len": 30}, "train", cs, G, seed=4)
+
+
+# ---------------------------------------------------------------------------------- transforms
+def test_rec_resize_img_exact():
+    img = np.zeros((16, 40, 3), np.uint8)
+    img[:, :20] = 255
+    out, ratio = resize_norm_img(img, [3, 32, 100])
+    assert out.shape == (32, 100, 3) and out.dtype == np.float32
+    resized_w = math.ceil(32 * 40 / 16)  # 80
+    assert ratio == pytest.approx(resized_w / 100)
+    assert np.all(out[:, resized_w:] == 0.0)  # zero padding on the right
+    assert np.all(out[:, :38] == 1.0) and np.all(out[:, 42:resized_w] == -1.0)
+    # identical to PaddleOCR's CHW arithmetic, transposed
+    ref = cv2.resize(img, (resized_w, 32)).astype("float32").transpose((2, 0, 1)) / 255
+    ref -= 0.5
+    ref /= 0.5
+    assert np.array_equal(out[:, :resized_w], ref.transpose(1, 2, 0))
+
+    wide = np.full((10, 400, 3), 128, np.uint8)
+    data = RecResizeImg([3, 32, 100])({"image": wide})
+    assert data["image"].shape == (32, 100, 3) and data["valid_ratio"] == 1.0
+    assert np.allclose(data["image"], 128 / 255 * 2 - 1, atol=1e-6)
+    gray = RecResizeImg([1, 32, 100])({"image": wide})["image"]
+    assert gray.shape == (32, 100, 1)
+
+
+def test_rec_aug_shape_dtype_deterministic():
+    img, _ = SynthTextLine(ALNUM, 10, seed=2, min_len=5, mixed_case=False).render(3)
+    aug = RecAug()
+    outs = []
+    for seed in range(12):
+        a = aug({"image": img.copy()}, np.random.default_rng(seed))["image"]
+        b = aug({"image": img.copy()}, np.random.default_rng(seed))["image"]
+        assert np.array_equal(a, b)
+        assert a.dtype == np.uint8 and a.ndim == 3 and a.shape[2] == 3
+        assert a.shape[1] == img.shape[1] and img.shape[0] - 8 <= a.shape[0] <= img.shape[0]
+        outs.append(a)
+    assert sum(not (o.shape == img.shape and np.array_equal(o, img)) for o in outs) >= 6
+    no_crop = RecAug(crop_prob=0.0, tia_prob=1.0, blur_prob=1.0, noise_prob=1.0, hsv_aug_prob=1.0,
+                     jitter_prob=1.0, reverse_prob=0.0)
+    for seed in range(4):
+        out = no_crop({"image": img}, np.random.default_rng(seed))["image"]
+        assert out.shape == img.shape and out.dtype == np.uint8
+        assert not np.array_equal(out, img)
+
+
+def test_jitter_matches_paddle_loop():
+    img = np.random.default_rng(0).integers(0, 256, (800, 900, 3), dtype=np.uint8)
+    shifts = []
+    for seed in range(3):
+        out = jitter(img, np.random.default_rng(seed))
+        s = int(np.random.default_rng(seed).random() * 800 * 0.01)
+        ref = img.copy()
+        for i in range(s):  # PaddleOCR rec_img_aug.jitter
+            ref[i:, i:, :] = img[:800 - i, :900 - i, :]
+        assert np.array_equal(out, ref)
+        shifts.append(s)
+    assert max(shifts) >= 4
+
+
+def test_full_rec_chain_and_infer_mode():
+    cs = CharacterDict()
+    s = SynthTextLine(cs, 8, seed=0)
+    transform = build_transforms(REC_OPS, cs, G)
+    for i in range(8):
+        sample = s.load(i)
+        ok, png = cv2.imencode(".png", sample["image"])
+        for source in ({"image": sample["image"], "label": sample["label"]},
+                       {"image_bytes": png.tobytes(), "label": sample["label"]}):
+            out = transform(source, np.random.default_rng(i))
+            assert list(out) == ["image", "label", "length"]
+            assert out["image"].shape == (32, 100, 3) and out["image"].dtype == np.float32
+            assert out["image"].min() >= -1.0 and out["image"].max() <= 1.0
+            assert out["label"].shape == (25,) and out["label"].dtype == np.int32
+            n = int(out["length"])
+            assert n == len(sample["label"]) and np.all(out["label"][n:] == 0)
+            assert cs.decode(out["label"]) == sample["label"].lower()
+
+    infer = build_transforms(REC_OPS, cs, G, infer=True)
+    out = infer({"image_bytes": png.tobytes()}, np.random.default_rng(0))
+    assert list(out) == ["image"] and out["image"].shape == (32, 100, 3)
+    with pytest.raises(BadSample, match="decode"):
+        infer({"image_bytes": b"not an image"}, np.random.default_rng(0))
+    with pytest.raises(BadSample, match="outside the dictionary"):
+        transform({"image": sample["image"], "label": "ab#"}, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="FancyAug.*DecodeImage"):
+        build_transforms([{"FancyAug": None}], cs, G)
+    with pytest.raises(ValueError, match="RecAug.*blurr_prob"):
+        build_transforms([{"RecAug": {"blurr_prob": 0.1}}], cs, G)

@@ -1,0 +1,71 @@
+"""End-to-end training on the built-in synthetic data: resume, bad data, CLI errors."""
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import QUICKSTART, ROOT, tiny_config
+from jaxocr.data.fixtures import write_label_file_dataset
+from jaxocr.training.loop import train
+
+
+def _params(result):
+    return jax.device_get(result["state"].params)
+
+
+def test_resume_equals_straight_run(tmp_path):
+    straight = train(tiny_config(tmp_path / "a", "Global.max_steps=4"))
+    first = train(tiny_config(tmp_path / "b", "Global.max_steps=2"))
+    assert first["global_step"] == 2
+    resumed = train(tiny_config(tmp_path / "c", "Global.max_steps=4",
+                                f"Global.checkpoints={tmp_path / 'b'}"))
+    assert resumed["global_step"] == straight["global_step"] == 4
+    assert int(resumed["state"].step) == int(straight["state"].step) == 4
+    assert resumed["train"]["lr"] == pytest.approx(straight["train"]["lr"], rel=1e-7)
+    for a, b in zip(jax.tree.leaves(_params(straight)), jax.tree.leaves(_params(resumed))):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    opt_a, opt_b = (jax.device_get(r["state"].opt_state) for r in (straight, resumed))
+    for a, b in zip(jax.tree.leaves(opt_a), jax.tree.leaves(opt_b)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    assert os.path.isdir(tmp_path / "a" / "latest" / "4")
+    with open(tmp_path / "a" / "train.log") as f:
+        text = f.read()
+    assert "params: " in text and "global_step: 4" in text and "avg_reader_cost" in text
+
+
+def test_corrupt_images_and_unknown_labels_are_skipped_and_counted(tmp_path):
+    data = tmp_path / "data"
+    label_file = write_label_file_dataset(str(data), 30, "0123456789abcdefghijklmnopqrstuvwxyz",
+                                          seed=3, corrupt=2, bad_labels=3)
+    src = [f"Train.dataset.name=SimpleDataSet", f"Train.dataset.data_dir={data}",
+           f"Train.dataset.label_file_list=[{label_file}]",
+           "Eval.dataset.name=SimpleDataSet", f"Eval.dataset.data_dir={data}",
+           f"Eval.dataset.label_file_list=[{label_file}]", "Global.eval_batch_step=[0,3]"]
+    result = train(tiny_config(tmp_path / "run", "Global.max_steps=3", *src))
+    assert result["global_step"] == 3
+    assert sum(result["dropped_labels"].values()) == 3
+    assert result["skipped_images"] >= 2  # 27 usable labels, 24 drawn: both corrupt files hit
+    with open(tmp_path / "run" / "train.log") as f:
+        text = f.read()
+    assert "skipped_images" in text and "labels dropped" in text and "cur metric" in text
+
+
+def _cli(*args):
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env,
+                          timeout=300, cwd=ROOT)
+
+
+def test_cli_misspelt_key_and_missing_label_file(tmp_path):
+    r = _cli("launch/multihost.py", "-c", QUICKSTART, "-o", "Global.epoc_num=1")
+    assert r.returncode == 2
+    assert "Global.epoc_num" in r.stderr and "'epoch_num'" in r.stderr
+    assert "Traceback" not in r.stderr
+    missing = tmp_path / "nope" / "train.txt"
+    r = _cli("launch/multihost.py", "-c", QUICKSTART, "-o", "Train.dataset.name=SimpleDataSet",
+             f"Train.dataset.data_dir={tmp_path}", f"Train.dataset.label_file_list=[{missing}]",
+             f"Global.save_model_dir={tmp_path / 'out'}")
+    assert r.returncode == 2 and str(missing) in r.stderr and "Traceback" not in r.stderr
