@@ -34,8 +34,9 @@ def load(args) -> dict:
 
 def run(main):
     """Run `main()`; bad configs and missing files end with one clear line, not a traceback."""
-    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] jaxocr %(levelname)s: %(message)s",
-                        datefmt="%Y/%m/%d %H:%M:%S")
+    logging.basicConfig(level=logging.WARNING, format="[%(asctime)s] %(name)s %(levelname)s: "
+                        "%(message)s", datefmt="%Y/%m/%d %H:%M:%S")
+    log.setLevel(logging.INFO)
     try:
         return main()
     except (ConfigError, FileNotFoundError) as e:

@@ -69,3 +69,36 @@ def test_cli_misspelt_key_and_missing_label_file(tmp_path):
              f"Train.dataset.data_dir={tmp_path}", f"Train.dataset.label_file_list=[{missing}]",
              f"Global.save_model_dir={tmp_path / 'out'}")
     assert r.returncode == 2 and str(missing) in r.stderr and "Traceback" not in r.stderr
+
+
+def test_eval_and_infer_clis_on_a_trained_checkpoint(tmp_path):
+    from conftest import TINY
+    run = tmp_path / "run"
+    r = _cli("launch/multihost.py", "-c", QUICKSTART, "-o", *TINY, f"Global.save_model_dir={run}",
+             "Global.max_steps=2")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "params: " in r.stdout and "global_step: 2" in r.stdout
+
+    metrics_json = tmp_path / "metrics.json"
+    r = _cli("launch/eval.py", "-c", QUICKSTART, "-o", *TINY, f"Global.checkpoints={run}",
+             "--json", str(metrics_json))
+    assert r.returncode == 0, r.stderr[-2000:]
+    printed = dict(line.split(": ", 1) for line in r.stdout.splitlines() if ": " in line)
+    assert {"acc", "norm_edit_dis", "fps"} <= printed.keys()
+    import json
+    saved = json.loads(metrics_json.read_text())
+    assert saved["global_step"] == 2 and 0.0 <= saved["acc"] <= 1.0
+    assert float(printed["norm_edit_dis"]) == pytest.approx(saved["norm_edit_dis"])
+
+    images = tmp_path / "imgs"
+    label_file = write_label_file_dataset(str(images), 3, "0123456789abcdefghijklmnopqrstuvwxyz",
+                                          seed=5)
+    paths = sorted(str(p) for p in (images / "images").iterdir())
+    (images / "images" / "broken.png").write_bytes(b"not an image")
+    r = _cli("launch/infer.py", "-c", QUICKSTART, "-o", *TINY,
+             f"Global.checkpoints={run / 'latest'}", f"Global.infer_img={images / 'images'}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = [line.split("\t") for line in r.stdout.splitlines() if line.count("\t") == 2]
+    assert [row[0] for row in rows] == paths
+    assert all(0.0 <= float(row[2]) <= 1.0 for row in rows)
+    assert "broken.png" in r.stderr and os.path.exists(label_file)

@@ -16,6 +16,7 @@ import threading
 import time
 
 import cv2
+from absl import flags
 import grain
 import jax
 import numpy as np
@@ -96,7 +97,10 @@ class Loader:
         indices = self.local_indices(epoch, start_step)
         ds = grain.MapDataset.source(indices).map(lambda i: self.load(i, epoch))
         if self.worker_type == "process" and self.num_workers > 0:
-            it = ds.to_iter_dataset().batch(self.local_batch, drop_remainder=True)
+            if not flags.FLAGS.is_parsed():  # grain's worker processes read absl flags
+                flags.FLAGS.mark_as_parsed()
+            # batch before the workers split the stream, so each worker builds whole batches
+            it = ds.batch(self.local_batch, drop_remainder=True).to_iter_dataset()
             it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.num_workers))
         else:
             read = grain.ReadOptions(num_threads=max(1, self.num_workers),

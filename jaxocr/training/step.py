@@ -42,8 +42,8 @@ class TrainState:
 
 def init_variables(model, image_shape, seed: int) -> dict:
     """Initialise on the host with a batch of one; params float32."""
-    return model.init(jax.random.PRNGKey(seed), jnp.zeros((1, *image_shape), jnp.float32),
-                      train=False)
+    init = jax.jit(lambda rng, x: model.init(rng, x, train=False))  # eager init is slow
+    return init(jax.random.PRNGKey(seed), jnp.zeros((1, *image_shape), jnp.float32))
 
 
 def create_state(variables: dict, tx, seed: int) -> TrainState:
