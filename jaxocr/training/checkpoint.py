@@ -77,12 +77,14 @@ def restore(path: str, state, sharding) -> tuple[object, dict]:
     return flax.serialization.from_state_dict(state, restored["state"]), dict(restored["meta"])
 
 
-def load_pretrained(path: str, params):
-    """Weights only; entries missing or of another shape are reported and left as initialised."""
+def load_pretrained(path: str, variables: dict) -> dict:
+    """Weights only (`params` and `batch_stats`), as PaddleOCR's `pretrained_model`: entries
+    missing or of another shape are reported and left as initialised."""
     directory, step = resolve(path)
     with ocp.CheckpointManager(directory) as manager:
-        loaded = manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore()))["state"]["params"]
+        state = manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore()))["state"]
+    loaded = {k: state.get(k, {}) for k in variables}
     flat_loaded = {jax.tree_util.keystr(k): v for k, v in
                    jax.tree_util.tree_flatten_with_path(loaded)[0]}
     skipped = []
@@ -96,8 +98,8 @@ def load_pretrained(path: str, params):
             return current
         return np.asarray(value, dtype=current.dtype)
 
-    params = jax.tree_util.tree_map_with_path(pick, params)
+    variables = jax.tree_util.tree_map_with_path(pick, variables)
     log.info("loaded pretrained weights from %s (%d tensors skipped)", directory, len(skipped))
     for line in skipped:
         log.warning("pretrained: skipped %s", line)
-    return params
+    return variables

@@ -153,7 +153,9 @@ def train(cfg: dict, mesh=None) -> dict:
     if g.get("checkpoints"):
         state, meta = checkpoint.restore(g["checkpoints"], state, comp.repl)
     elif g.get("pretrained_model"):
-        state = state.replace(params=checkpoint.load_pretrained(g["pretrained_model"], state.params))
+        loaded = checkpoint.load_pretrained(
+            g["pretrained_model"], {"params": state.params, "batch_stats": state.batch_stats})
+        state = state.replace(**loaded)
     state = jax.device_put(state, comp.repl)
     global_step = int(meta["global_step"])
     best = dict(meta.get("best_metric") or {})
