@@ -7,6 +7,7 @@ import os
 import sys
 
 from jaxocr.config import ConfigError, load_config, parse_overrides
+from jaxocr.distributed import LaunchError
 
 log = logging.getLogger("jaxocr")
 
@@ -39,7 +40,7 @@ def run(main):
     log.setLevel(logging.INFO)
     try:
         return main()
-    except (ConfigError, FileNotFoundError) as e:
+    except (ConfigError, FileNotFoundError, LaunchError) as e:
         if os.environ.get("JAXOCR_TRACEBACK"):
             raise
         print(f"jaxocr: error: {e}", file=sys.stderr)

@@ -1,8 +1,19 @@
-"""Process group and mesh: which devices train together, and how a process sees the job."""
+"""Process group and mesh: which processes train together, and how a process sees the job.
+
+A process finds its place from, in order: `--ips` (PaddleOCR style: its own address's position
+in the list), `--coordinator` / `JAX_COORDINATOR_ADDRESS` (JAX style), or the cluster
+environment (SLURM, Open MPI), as `jax.distributed` detects it. Alone, it needs none of these.
+"""
 from __future__ import annotations
 
+import dataclasses
+import functools
+import hashlib
 import logging
+import os
 import signal
+import socket
+import time
 
 import jax
 import numpy as np
@@ -12,6 +23,118 @@ from jax.sharding import Mesh
 log = logging.getLogger("jaxocr")
 
 AXIS = "data"
+FAULT_ENV = "JAXOCR_FAULT"            # "stall|crash|exit:PROCESS_ID:STEP", for fault tests
+PROGRESS_ENV = "JAXOCR_PROGRESS_FILE"  # the launcher watches this file for stalls
+
+
+class LaunchError(RuntimeError):
+    """A problem with how the job was launched, explained in one line."""
+
+
+@dataclasses.dataclass
+class Cluster:
+    coordinator: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
+    local_device_ids: list[int] | None = None
+    own_address: str | None = None  # this host's address from --ips, for gloo to bind to
+
+    @property
+    def explicit(self) -> bool:
+        return self.coordinator is not None
+
+
+def is_local_address(ip: str) -> bool:
+    """True if this machine (its current network namespace) owns `ip`."""
+    try:
+        family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.bind((ip, 0))
+        return True
+    except OSError:
+        return False
+
+
+def host_rank_from_ips(ips: list[str]) -> int:
+    matches = [i for i, ip in enumerate(ips) if is_local_address(ip)]
+    if not matches:
+        raise LaunchError(f"none of --ips {','.join(ips)} is an address of this host "
+                          f"({socket.gethostname()}); run the command on the listed hosts")
+    if len(matches) > 1:
+        raise LaunchError(f"several --ips are addresses of this host: "
+                          f"{', '.join(ips[i] for i in matches)}")
+    return matches[0]
+
+
+def cluster_from_flags(ips=None, start_port=17000, coordinator=None, num_processes=None,
+                       process_id=None, gpus=None, nproc_per_host=1, local_rank=0) -> Cluster:
+    """Resolve this process's place in the job from the launcher flags (or none: env/alone)."""
+    local_ids = [int(g) for g in str(gpus).split(",")] if gpus not in (None, "") else None
+    if ips:
+        ips = [ip.strip() for ip in str(ips).split(",") if ip.strip()]
+        host = host_rank_from_ips(ips)
+        return Cluster(coordinator=f"{ips[0]}:{start_port}", num_processes=len(ips) * nproc_per_host,
+                       process_id=host * nproc_per_host + local_rank, local_device_ids=local_ids,
+                       own_address=ips[host])
+    coordinator = coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS")
+    if coordinator:
+        if num_processes is None or process_id is None:
+            raise LaunchError("--coordinator needs --num_processes and --process_id")
+        return Cluster(coordinator, int(num_processes), int(process_id), local_ids)
+    return Cluster(local_device_ids=local_ids)
+
+
+def in_cluster_env() -> bool:
+    slurm = all(k in os.environ for k in ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS",
+                                          "SLURM_PROCID", "SLURM_LOCALID"))
+    return slurm or "OMPI_MCA_orte_hnp_uri" in os.environ
+
+
+def initialize(cluster: Cluster, init_timeout=300, heartbeat_timeout=100, shutdown_timeout=300):
+    """`jax.distributed.initialize` when the job has several processes; a clear error if the
+    coordinator cannot be reached in time."""
+    if not cluster.explicit and not in_cluster_env():
+        if cluster.local_device_ids is not None:
+            jax.config.update("jax_cuda_visible_devices",
+                              ",".join(map(str, cluster.local_device_ids)))
+        return
+    kwargs = dict(initialization_timeout=int(init_timeout),
+                  heartbeat_timeout_seconds=int(heartbeat_timeout),
+                  shutdown_timeout_seconds=int(shutdown_timeout))
+    if cluster.explicit:
+        kwargs.update(coordinator_address=cluster.coordinator, num_processes=cluster.num_processes,
+                      process_id=cluster.process_id, local_device_ids=cluster.local_device_ids)
+    where = cluster.coordinator or "the coordinator from the cluster environment"
+    t0 = time.monotonic()
+    try:
+        jax.distributed.initialize(**kwargs)
+    except Exception as e:  # jax raises several types here; all mean the same to the user
+        raise LaunchError(
+            f"process {cluster.process_id} of {cluster.num_processes} could not join the job at "
+            f"{where} within {time.monotonic() - t0:.0f} s (--init_timeout {init_timeout}): "
+            f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    if cluster.own_address:
+        _bind_gloo_to(cluster.own_address)
+    log.info("joined the job: process %d of %d (coordinator %s)", jax.process_index(),
+             jax.process_count(), where)
+
+
+def _bind_gloo_to(address: str):
+    """On CPU, make gloo listen on this host's --ips address rather than whatever its hostname
+    resolves to (which may not be reachable from the other hosts)."""
+    try:
+        from jax._src import distributed as jdist, xla_bridge
+        from jax._src.lib import _jax
+        if jax.config.jax_platforms not in (None, "", "cpu") or \
+                jax.config.jax_cpu_collectives_implementation not in (None, "gloo"):
+            return
+        collectives = _jax.make_gloo_tcp_collectives(
+            distributed_client=jdist.global_state.client, hostname=address)
+        xla_bridge.register_backend_factory(
+            "cpu", functools.partial(xla_bridge.make_cpu_client, collectives=collectives),
+            priority=0, fail_quietly=False)
+    except Exception as e:  # private API: fall back to gloo's own choice
+        log.warning("could not bind gloo to %s (%s); using the default interface", address, e)
 
 
 def data_mesh(devices=None) -> Mesh:
@@ -35,6 +158,18 @@ def sum_across_processes(values: np.ndarray) -> np.ndarray:
     if jax.process_count() == 1:
         return np.asarray(values)
     return np.asarray(multihost_utils.process_allgather(np.asarray(values))).sum(axis=0)
+
+
+def check_same_config(config_digest: str):
+    """Every process must run the same merged config; name the ones that differ."""
+    if jax.process_count() == 1:
+        return
+    mine = np.frombuffer(hashlib.sha256(config_digest.encode()).digest()[:8], np.int64)
+    every = np.asarray(multihost_utils.process_allgather(mine)).reshape(-1)
+    differ = [p for p, h in enumerate(every) if h != every[0]]
+    if differ:
+        raise LaunchError(f"processes {differ} run a different config than process 0 "
+                          "(all hosts must use the same config file and -o overrides)")
 
 
 class Preemption:
@@ -61,3 +196,34 @@ class Preemption:
         if self.multi:
             return multihost_utils.reached_preemption_sync_point(step)
         return self.requested
+
+
+class Progress:
+    """Tells the launcher this process is alive and stepping (for stall detection), and
+    injects the faults the tests ask for through JAXOCR_FAULT."""
+
+    def __init__(self):
+        self.path = os.environ.get(PROGRESS_ENV)
+        self.last_write = 0.0
+        fault = os.environ.get(FAULT_ENV, "")
+        self.fault = None
+        if fault:
+            kind, pid, step = fault.split(":")
+            if int(pid) == jax.process_index():
+                self.fault = (kind, int(step))
+
+    def step(self, global_step: int):
+        if self.path and time.monotonic() - self.last_write >= 1.0:
+            with open(self.path, "w") as f:
+                f.write(str(global_step))
+            self.last_write = time.monotonic()
+        if self.fault and global_step == self.fault[1]:
+            kind = self.fault[0]
+            log.warning("fault injection: %s at step %d", kind, global_step)
+            if kind == "stall":
+                while True:
+                    time.sleep(3600)
+            if kind == "crash":
+                os.kill(os.getpid(), signal.SIGKILL)
+            if kind == "exit":
+                os._exit(3)

@@ -64,6 +64,14 @@ def resolve(path: str) -> tuple[str, int]:
     return path, steps[-1]
 
 
+def has_checkpoint(run_dir: str) -> bool:
+    try:
+        resolve(run_dir)
+        return True
+    except FileNotFoundError:
+        return False
+
+
 def restore(path: str, state, sharding) -> tuple[object, dict]:
     """Restore the full train state onto `sharding` (any process/device layout)."""
     directory, step = resolve(path)

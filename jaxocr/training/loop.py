@@ -19,7 +19,9 @@ import yaml
 
 from jaxocr.data.charset import CharacterDict
 from jaxocr.data.pipeline import Loader
-from jaxocr.distributed import Preemption, data_mesh, is_main, local_rows, sum_across_processes
+from jaxocr.config import config_hash
+from jaxocr.distributed import (Preemption, Progress, check_same_config, data_mesh, is_main,
+                                local_rows, sum_across_processes)
 from jaxocr.losses import build_loss
 from jaxocr.metrics import build_metric
 from jaxocr.models import build_model
@@ -102,8 +104,8 @@ def evaluate(comp: Components, state, eval_step, loader: Loader) -> dict:
     elapsed = time.perf_counter() - t0
     metric.sums = sum_across_processes(metric.sums)
     n = metric.sums[2]
-    result = metric.get_metric()
-    result["fps"] = n / max(elapsed, 1e-9)
+    result = {k: float(v) for k, v in metric.get_metric().items()}
+    result["fps"] = float(n / max(elapsed, 1e-9))
     return result
 
 
@@ -128,6 +130,8 @@ def train(cfg: dict, mesh=None) -> dict:
         with open(os.path.join(save_dir, "config.yml"), "w") as f:
             yaml.safe_dump(cfg, f, sort_keys=False)
 
+    check_same_config(config_hash(cfg))
+
     # ---- mesh, data, model, optimizer ----
     comp = Components(cfg, mesh)
     mesh = comp.mesh
@@ -150,8 +154,12 @@ def train(cfg: dict, mesh=None) -> dict:
 
     # ---- restore ----
     meta = {"global_step": 0, "best_metric": {}}
-    if g.get("checkpoints"):
-        state, meta = checkpoint.restore(g["checkpoints"], state, comp.repl)
+    resume = g.get("checkpoints")
+    if not resume and g["auto_resume"] and checkpoint.has_checkpoint(save_dir):
+        resume = save_dir
+        log.info("auto_resume: continuing the run in %s", save_dir)
+    if resume:
+        state, meta = checkpoint.restore(resume, state, comp.repl)
     elif g.get("pretrained_model"):
         loaded = checkpoint.load_pretrained(
             g["pretrained_model"], {"params": state.params, "batch_stats": state.batch_stats})
@@ -166,6 +174,7 @@ def train(cfg: dict, mesh=None) -> dict:
     eval_step = make_eval_step(comp.model, mesh, comp.dtype)
     ckpt = checkpoint.Checkpointer(save_dir)
     preemption = Preemption()
+    progress = Progress()
     writer = _tensorboard(save_dir) if is_main() and g["use_tensorboard"] else None
     train_metric = build_metric(cfg.get("Metric"))
 
@@ -192,6 +201,7 @@ def train(cfg: dict, mesh=None) -> dict:
             steps_mark += 1
             pending_losses.append(out["loss"])
             skipped += int(host["bad"].sum())
+            progress.step(global_step)
             if bar:
                 bar.update(1)
             end_of_epoch = global_step % steps_per_epoch == 0

@@ -1,0 +1,155 @@
+"""Local worker supervision for `launch/multihost.py --nproc_per_host K`.
+
+Starts K worker processes on this host, each owning a slice of the local devices, writes each
+one's output to `log_dir/workerlog.N`, echoes worker 0, and watches them: a failed worker ends
+the others and is named; a worker that stops stepping for `stall_timeout` seconds ends the job
+(peers of a stuck process would block in the collective forever); SIGTERM is passed on so every
+worker saves at an agreed step; `max_restarts` restarts the local workers, which resume from the
+latest checkpoint.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+from jaxocr.distributed import PROGRESS_ENV
+
+log = logging.getLogger("jaxocr")
+
+KILL_GRACE_S = 3  # a failed job's survivors are usually blocked in a collective
+PREEMPT_GRACE_S = 300
+
+
+class Worker:
+    def __init__(self, rank: int, cmd: list[str], env: dict, log_dir: str):
+        self.rank = rank
+        self.log_path = os.path.join(log_dir, f"workerlog.{rank}")
+        self.progress_path = os.path.join(log_dir, f".progress.{rank}")
+        if os.path.exists(self.progress_path):
+            os.remove(self.progress_path)
+        self.log_file = open(self.log_path, "a")
+        self.proc = subprocess.Popen(cmd, stdout=self.log_file, stderr=subprocess.STDOUT,
+                                     env={**env, PROGRESS_ENV: self.progress_path},
+                                     start_new_session=True)
+
+    def seconds_since_progress(self) -> float | None:
+        try:
+            return time.time() - os.path.getmtime(self.progress_path)
+        except FileNotFoundError:
+            return None  # not stepping yet (initialising, compiling)
+
+    def signal(self, sig):
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def describe(self) -> str:
+        rc = self.proc.returncode
+        how = f"was killed by {signal.Signals(-rc).name}" if rc is not None and rc < 0 \
+            else f"exited with code {rc}"
+        return f"worker {self.rank} (pid {self.proc.pid}) {how}; see {self.log_path}"
+
+
+def _echo(path: str, stop: threading.Event):
+    """Copy worker 0's log to the console as it grows."""
+    while not os.path.exists(path) and not stop.is_set():
+        time.sleep(0.1)
+    with open(path, errors="replace") as f:
+        f.seek(0, os.SEEK_END)
+        while True:
+            line = f.readline()
+            if line:
+                sys.stdout.write(line)
+                sys.stdout.flush()
+            elif stop.is_set():
+                return
+            else:
+                time.sleep(0.1)
+
+
+class Supervisor:
+    def __init__(self, commands: list[list[str]], log_dir: str, stall_timeout: float = 0,
+                 max_restarts: int = 0, env: dict | None = None):
+        self.commands = commands
+        self.log_dir = log_dir
+        self.stall_timeout = stall_timeout
+        self.max_restarts = max_restarts
+        self.env = dict(env or os.environ)
+        self.terminating = False
+        os.makedirs(log_dir, exist_ok=True)
+
+    def _on_sigterm(self, signum, frame):
+        log.warning("launcher: SIGTERM, asking every worker to checkpoint and stop")
+        self.terminating = True
+        for w in self.workers:
+            w.signal(signal.SIGTERM)
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+        restarts = 0
+        while True:
+            rc, message = self._run_once()
+            if rc == 0 or self.terminating:
+                return rc
+            log.error("launcher: %s", message)
+            if restarts >= self.max_restarts:
+                return rc
+            restarts += 1
+            log.warning("launcher: restarting local workers (%d of %d); they resume from the "
+                        "latest checkpoint", restarts, self.max_restarts)
+
+    def _run_once(self) -> tuple[int, str]:
+        self.workers = [Worker(i, cmd, self.env, self.log_dir) for i, cmd in enumerate(self.commands)]
+        log.info("launcher: started %d workers, logs in %s/workerlog.N", len(self.workers),
+                 self.log_dir)
+        stop = threading.Event()
+        echo = threading.Thread(target=_echo, args=(self.workers[0].log_path, stop), daemon=True)
+        echo.start()
+        try:
+            return self._watch()
+        finally:
+            self._end_all(PREEMPT_GRACE_S if self.terminating else KILL_GRACE_S)
+            stop.set()
+            echo.join(timeout=2)
+            for w in self.workers:
+                w.log_file.close()
+
+    def _watch(self) -> tuple[int, str]:
+        while True:
+            codes = [w.proc.poll() for w in self.workers]
+            failed = [w for w, c in zip(self.workers, codes) if c not in (None, 0)]
+            if failed:
+                return 1, failed[0].describe() + (
+                    "; the other workers were stopped" if len(self.workers) > 1 else "")
+            if all(c == 0 for c in codes):
+                return (143 if self.terminating else 0), "all workers finished"
+            if self.stall_timeout and not self.terminating:
+                for w in self.workers:
+                    idle = w.seconds_since_progress()
+                    if w.proc.poll() is None and idle is not None and idle > self.stall_timeout:
+                        return 1, (f"worker {w.rank} (pid {w.proc.pid}) made no training step "
+                                   f"for {idle:.0f} s (--stall_timeout {self.stall_timeout:g}); "
+                                   f"it is stuck, so the job was stopped; see {w.log_path}")
+            time.sleep(0.2)
+
+    def _end_all(self, grace: float):
+        alive = [w for w in self.workers if w.proc.poll() is None]
+        if not alive:
+            return
+        if not self.terminating:
+            for w in alive:
+                w.signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and any(w.proc.poll() is None for w in alive):
+            time.sleep(0.1)
+        for w in alive:
+            w.signal(signal.SIGKILL)
+        for w in alive:
+            w.proc.wait()
