@@ -23,8 +23,9 @@ from jax.sharding import Mesh
 log = logging.getLogger("jaxocr")
 
 AXIS = "data"
-FAULT_ENV = "JAXOCR_FAULT"            # "stall|crash|exit:PROCESS_ID:STEP", for fault tests
+FAULT_ENV = "JAXOCR_FAULT"  # "stall|crash|exit:PROCESS_ID:STEP[:ATTEMPT]", for fault tests
 PROGRESS_ENV = "JAXOCR_PROGRESS_FILE"  # the launcher watches this file for stalls
+ATTEMPT_ENV = "JAXOCR_ATTEMPT"         # how many times the launcher restarted the workers
 
 
 class LaunchError(RuntimeError):
@@ -106,6 +107,9 @@ def initialize(cluster: Cluster, init_timeout=300, heartbeat_timeout=100, shutdo
                       process_id=cluster.process_id, local_device_ids=cluster.local_device_ids)
     where = cluster.coordinator or "the coordinator from the cluster environment"
     t0 = time.monotonic()
+    if cluster.explicit and cluster.process_id != 0:
+        # jax aborts the process (no exception) when the coordinator never answers: probe first
+        _wait_for_coordinator(cluster, init_timeout)
     try:
         jax.distributed.initialize(**kwargs)
     except Exception as e:  # jax raises several types here; all mean the same to the user
@@ -117,6 +121,23 @@ def initialize(cluster: Cluster, init_timeout=300, heartbeat_timeout=100, shutdo
         _bind_gloo_to(cluster.own_address)
     log.info("joined the job: process %d of %d (coordinator %s)", jax.process_index(),
              jax.process_count(), where)
+
+
+def _wait_for_coordinator(cluster: Cluster, timeout: float):
+    host, port = cluster.coordinator.rsplit(":", 1)
+    host = host.strip("[]")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host, int(port)), timeout=2):
+                return
+        except OSError as e:
+            if time.monotonic() >= deadline:
+                raise LaunchError(
+                    f"process {cluster.process_id} of {cluster.num_processes} could not join the "
+                    f"job: the coordinator {cluster.coordinator} did not answer within "
+                    f"{timeout:g} s (--init_timeout): {e.strerror or e}") from None
+            time.sleep(0.5)
 
 
 def _bind_gloo_to(address: str):
@@ -204,19 +225,18 @@ class Progress:
 
     def __init__(self):
         self.path = os.environ.get(PROGRESS_ENV)
-        self.last_write = 0.0
         fault = os.environ.get(FAULT_ENV, "")
         self.fault = None
-        if fault:
-            kind, pid, step = fault.split(":")
-            if int(pid) == jax.process_index():
+        if fault:  # kind:process:step[:attempt], attempt counting launcher restarts from 0
+            kind, pid, step, *attempt = fault.split(":")
+            this_attempt = os.environ.get(ATTEMPT_ENV, "0")
+            if int(pid) == jax.process_index() and (not attempt or attempt[0] == this_attempt):
                 self.fault = (kind, int(step))
 
     def step(self, global_step: int):
-        if self.path and time.monotonic() - self.last_write >= 1.0:
+        if self.path:  # ~20 us; the launcher blames the worker whose step is behind
             with open(self.path, "w") as f:
                 f.write(str(global_step))
-            self.last_write = time.monotonic()
         if self.fault and global_step == self.fault[1]:
             kind = self.fault[0]
             log.warning("fault injection: %s at step %d", kind, global_step)

@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 
-from jaxocr.distributed import PROGRESS_ENV
+from jaxocr.distributed import ATTEMPT_ENV, PROGRESS_ENV
 
 log = logging.getLogger("jaxocr")
 
@@ -26,7 +26,7 @@ PREEMPT_GRACE_S = 300
 
 
 class Worker:
-    def __init__(self, rank: int, cmd: list[str], env: dict, log_dir: str):
+    def __init__(self, rank: int, cmd: list[str], env: dict, log_dir: str, attempt: int = 0):
         self.rank = rank
         self.log_path = os.path.join(log_dir, f"workerlog.{rank}")
         self.progress_path = os.path.join(log_dir, f".progress.{rank}")
@@ -34,14 +34,18 @@ class Worker:
             os.remove(self.progress_path)
         self.log_file = open(self.log_path, "a")
         self.proc = subprocess.Popen(cmd, stdout=self.log_file, stderr=subprocess.STDOUT,
-                                     env={**env, PROGRESS_ENV: self.progress_path},
+                                     env={**env, PROGRESS_ENV: self.progress_path,
+                                          ATTEMPT_ENV: str(attempt)},
                                      start_new_session=True)
 
-    def seconds_since_progress(self) -> float | None:
+    def progress(self) -> tuple[int, float] | None:
+        """(last step, seconds since it), or None before the first step (init, compile)."""
         try:
-            return time.time() - os.path.getmtime(self.progress_path)
-        except FileNotFoundError:
-            return None  # not stepping yet (initialising, compiling)
+            with open(self.progress_path) as f:
+                step = int(f.read() or -1)
+            return step, time.time() - os.path.getmtime(self.progress_path)
+        except (FileNotFoundError, ValueError):
+            return None
 
     def signal(self, sig):
         if self.proc.poll() is None:
@@ -95,7 +99,7 @@ class Supervisor:
         signal.signal(signal.SIGTERM, self._on_sigterm)
         restarts = 0
         while True:
-            rc, message = self._run_once()
+            rc, message = self._run_once(restarts)
             if rc == 0 or self.terminating:
                 return rc
             log.error("launcher: %s", message)
@@ -105,8 +109,9 @@ class Supervisor:
             log.warning("launcher: restarting local workers (%d of %d); they resume from the "
                         "latest checkpoint", restarts, self.max_restarts)
 
-    def _run_once(self) -> tuple[int, str]:
-        self.workers = [Worker(i, cmd, self.env, self.log_dir) for i, cmd in enumerate(self.commands)]
+    def _run_once(self, attempt: int) -> tuple[int, str]:
+        self.workers = [Worker(i, cmd, self.env, self.log_dir, attempt)
+                        for i, cmd in enumerate(self.commands)]
         log.info("launcher: started %d workers, logs in %s/workerlog.N", len(self.workers),
                  self.log_dir)
         stop = threading.Event()
@@ -131,13 +136,22 @@ class Supervisor:
             if all(c == 0 for c in codes):
                 return (143 if self.terminating else 0), "all workers finished"
             if self.stall_timeout and not self.terminating:
-                for w in self.workers:
-                    idle = w.seconds_since_progress()
-                    if w.proc.poll() is None and idle is not None and idle > self.stall_timeout:
-                        return 1, (f"worker {w.rank} (pid {w.proc.pid}) made no training step "
-                                   f"for {idle:.0f} s (--stall_timeout {self.stall_timeout:g}); "
-                                   f"it is stuck, so the job was stopped; see {w.log_path}")
+                stalled = self._stalled()
+                if stalled:
+                    return 1, stalled
             time.sleep(0.2)
+
+    def _stalled(self) -> str | None:
+        """When the job stops stepping, peers of a stuck worker block in its collective too;
+        the stuck one is the worker whose step is behind (the others dispatched further)."""
+        seen = [(w, w.progress()) for w in self.workers if w.proc.poll() is None]
+        seen = [(w, p) for w, p in seen if p is not None]
+        if not any(idle > self.stall_timeout for _, (_, idle) in seen):
+            return None
+        w, (step, idle) = min(seen, key=lambda wp: (wp[1][0], -wp[1][1]))
+        return (f"worker {w.rank} (pid {w.proc.pid}) is stuck: no training step after step "
+                f"{step} for {idle:.0f} s (--stall_timeout {self.stall_timeout:g}), so the job "
+                f"was stopped; see {w.log_path}")
 
     def _end_all(self, grace: float):
         alive = [w for w in self.workers if w.proc.poll() is None]

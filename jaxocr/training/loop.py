@@ -34,14 +34,18 @@ from jaxocr.training.step import (batch_sharding, count_params, create_state, in
 log = logging.getLogger("jaxocr")
 
 
-def setup_logging(save_dir: str | None, console: bool = True):
+def setup_logging(save_dir: str | None, main: bool = True):
+    """Process 0 logs to the console and train.log; the others to train.N.log, and only
+    warnings to their console."""
     log.setLevel(logging.INFO)
     log.propagate = False
     for h in list(log.handlers):
         log.removeHandler(h)
         h.close()
     fmt = logging.Formatter("[%(asctime)s] jaxocr %(levelname)s: %(message)s", "%Y/%m/%d %H:%M:%S")
-    handlers = [logging.StreamHandler(sys.stdout)] if console else []
+    console = logging.StreamHandler(sys.stdout)
+    console.setLevel(logging.INFO if main else logging.WARNING)
+    handlers = [console]
     if save_dir:
         os.makedirs(save_dir, exist_ok=True)
         p = jax.process_index()
@@ -125,7 +129,7 @@ def _fmt(metrics: dict) -> str:
 def train(cfg: dict, mesh=None) -> dict:
     g = cfg["Global"]
     save_dir = g["save_model_dir"]
-    setup_logging(save_dir, console=is_main())
+    setup_logging(save_dir, main=is_main())
     if is_main():
         with open(os.path.join(save_dir, "config.yml"), "w") as f:
             yaml.safe_dump(cfg, f, sort_keys=False)

@@ -1,0 +1,107 @@
+"""Faults with real worker processes: a killed worker, preemption, an unreachable coordinator,
+a stuck worker. None may hang; each ends with a message that names the culprit."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import QUICKSTART, ROOT, TINY
+
+pytestmark = pytest.mark.slow
+
+LONG = TINY + ["Global.max_steps=100000", "Global.print_batch_step=1"]
+
+
+def start(tmp, *flags, env=None, overrides=()):
+    cmd = [sys.executable, "launch/multihost.py", "-c", QUICKSTART, "-o", *LONG, *overrides,
+           f"Global.save_model_dir={tmp / 'run'}", "--nproc_per_host", "2",
+           "--cpu_devices_per_process", "1", "--log_dir", str(tmp / "log"),
+           "--heartbeat_timeout", "10", "--shutdown_timeout", "30", *flags]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=ROOT, env={**os.environ, **(env or {})})
+
+
+def wait_for(path, text, timeout=400):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if os.path.exists(path) and text in open(path, errors="replace").read():
+            return time.monotonic()
+        time.sleep(0.2)
+    raise AssertionError(f"{text!r} never appeared in {path}")
+
+
+def finish(proc, timeout):
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError("the job hung")
+    return proc.returncode, out, err
+
+
+def test_killed_worker_fails_the_job_fast_and_is_named(tmp_path):
+    proc = start(tmp_path, env={"JAXOCR_FAULT": "crash:1:3"})  # SIGKILL itself at step 3
+    killed_at = wait_for(tmp_path / "log" / "workerlog.1", "fault injection: crash")
+    rc, out, err = finish(proc, timeout=120)
+    assert time.monotonic() - killed_at < 60
+    assert rc != 0
+    assert "worker 1" in err and "SIGKILL" in err and "workerlog.1" in err
+
+
+def test_sigterm_saves_at_an_agreed_step_and_the_same_command_resumes(tmp_path):
+    proc = start(tmp_path)
+    wait_for(tmp_path / "log" / "workerlog.0", "global_step: 3,")
+    proc.send_signal(signal.SIGTERM)
+    rc, out, err = finish(proc, timeout=300)
+    assert rc == 143, err[-3000:]
+    latest = tmp_path / "run" / "latest"
+    steps = [int(d) for d in os.listdir(latest) if d.isdigit()]
+    assert len(steps) == 1 and steps[0] >= 3
+    saved = steps[0]
+    log0 = open(tmp_path / "log" / "workerlog.0").read()
+    assert f"preempted at global_step {saved}" in log0
+    # the same command again (plus a step limit so the test ends): resumes at the saved step
+    proc = start(tmp_path, overrides=[f"Global.max_steps={saved + 2}"])
+    rc, out, err = finish(proc, timeout=400)
+    assert rc == 0, err[-3000:]
+    log0 = open(tmp_path / "log" / "workerlog.0").read()
+    assert f"(global_step {saved})" in log0 and f"global_step: {saved + 1}," in log0
+    assert f"global_step: {saved}," not in log0.split("auto_resume")[-1]  # nothing redone
+
+
+def test_unreachable_coordinator_fails_within_the_timeout(tmp_path):
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nobody listens there
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "launch/multihost.py", "-c", QUICKSTART, "-o", *TINY,
+                        f"Global.save_model_dir={tmp_path}", "--coordinator", f"127.0.0.1:{port}",
+                        "--num_processes", "2", "--process_id", "1", "--init_timeout", "10"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert time.monotonic() - t0 < 60
+    assert r.returncode == 2
+    assert f"127.0.0.1:{port}" in r.stderr and "could not join" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_stuck_worker_is_detected_and_named(tmp_path):
+    proc = start(tmp_path, "--stall_timeout", "15", env={"JAXOCR_FAULT": "stall:1:3"})
+    stuck_at = wait_for(tmp_path / "log" / "workerlog.1", "fault injection: stall")
+    rc, out, err = finish(proc, timeout=120)
+    assert rc != 0 and time.monotonic() - stuck_at < 60
+    assert "worker 1" in err and "stuck" in err
+
+
+def test_restart_resumes_after_a_failure(tmp_path):
+    # worker 1 dies at step 5 on the first attempt only; checkpoints every epoch (8 steps)
+    proc = start(tmp_path, "--max_restarts", "1", env={"JAXOCR_FAULT": "exit:1:10:0"},
+                 overrides=["Global.max_steps=12", "Global.save_epoch_step=1"])
+    rc, out, err = finish(proc, timeout=600)
+    assert rc == 0, err[-3000:]
+    assert "restarting local workers (1 of 1)" in err
+    log0 = open(tmp_path / "log" / "workerlog.0").read()
+    assert "(global_step 8)" in log0 and "training finished at global_step 12" in log0
