@@ -105,6 +105,13 @@ def initialize(cluster: Cluster, init_timeout=300, heartbeat_timeout=100, shutdo
     if cluster.explicit:
         kwargs.update(coordinator_address=cluster.coordinator, num_processes=cluster.num_processes,
                       process_id=cluster.process_id, local_device_ids=cluster.local_device_ids)
+    else:  # SLURM / Open MPI: jax would give each process only GPU [local rank]
+        ids = cluster.local_device_ids
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        if ids is None and visible and _one_task_per_node():
+            ids = list(range(len(visible.split(","))))
+        if ids is not None:
+            kwargs["local_device_ids"] = ids
     where = cluster.coordinator or "the coordinator from the cluster environment"
     t0 = time.monotonic()
     if cluster.explicit and cluster.process_id != 0:
@@ -121,6 +128,13 @@ def initialize(cluster: Cluster, init_timeout=300, heartbeat_timeout=100, shutdo
         _bind_gloo_to(cluster.own_address)
     log.info("joined the job: process %d of %d (coordinator %s)", jax.process_index(),
              jax.process_count(), where)
+
+
+def _one_task_per_node() -> bool:
+    per_node = os.environ.get("SLURM_STEP_TASKS_PER_NODE") or os.environ.get("SLURM_NTASKS_PER_NODE")
+    if per_node:
+        return per_node.split("(")[0].split(",")[0] == "1"
+    return os.environ.get("OMPI_COMM_WORLD_LOCAL_SIZE") == "1"
 
 
 def _wait_for_coordinator(cluster: Cluster, timeout: float):

@@ -97,9 +97,10 @@ def test_stuck_worker_is_detected_and_named(tmp_path):
 
 
 def test_restart_resumes_after_a_failure(tmp_path):
-    # worker 1 dies at step 5 on the first attempt only; checkpoints every epoch (8 steps)
+    # worker 1 dies at step 10 on the first attempt only; a checkpoint every epoch (8 steps)
     proc = start(tmp_path, "--max_restarts", "1", env={"JAXOCR_FAULT": "exit:1:10:0"},
-                 overrides=["Global.max_steps=12", "Global.save_epoch_step=1"])
+                 overrides=["Global.max_steps=12", "Global.save_epoch_step=1",
+                            "Train.dataset.num_samples=32"])
     rc, out, err = finish(proc, timeout=600)
     assert rc == 0, err[-3000:]
     assert "restarting local workers (1 of 1)" in err
