@@ -8,10 +8,10 @@ import sys
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from conftest import QUICKSTART, ROOT, TINY
+from jaxocr.training.checkpoint import read_state, resolve
 
 pytestmark = pytest.mark.slow
 
@@ -35,11 +35,8 @@ def run(save_dir, *overrides, procs=2, devices_per_proc=2, flags=(), env=None, t
 
 
 def latest_params(run_dir):
-    path = os.path.join(run_dir, "latest")
-    step = max(int(d) for d in os.listdir(path) if d.isdigit())
-    with ocp.CheckpointManager(path) as m:
-        state = m.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
-    return step, state["params"]
+    directory, step = resolve(str(run_dir))
+    return step, read_state(str(run_dir))["params"]
 
 
 def eval_line(text):

@@ -85,13 +85,24 @@ def restore(path: str, state, sharding) -> tuple[object, dict]:
     return flax.serialization.from_state_dict(state, restored["state"]), dict(restored["meta"])
 
 
+def read_state(path: str) -> dict:
+    """A checkpoint's state as host arrays, whatever process/device layout saved it."""
+    directory, step = resolve(path)
+    here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+    with ocp.CheckpointManager(directory, item_handlers=handlers) as manager:
+        saved = manager.item_metadata(step)["state"]
+        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=here),
+                              saved)
+        state = manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(target)))["state"]
+    return jax.device_get(state)
+
+
 def load_pretrained(path: str, variables: dict) -> dict:
     """Weights only (`params` and `batch_stats`), as PaddleOCR's `pretrained_model`: entries
     missing or of another shape are reported and left as initialised."""
-    directory, step = resolve(path)
-    with ocp.CheckpointManager(directory) as manager:
-        state = manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore()))["state"]
+    state = read_state(path)
     loaded = {k: state.get(k, {}) for k in variables}
     flat_loaded = {jax.tree_util.keystr(k): v for k, v in
                    jax.tree_util.tree_flatten_with_path(loaded)[0]}
