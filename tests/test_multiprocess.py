@@ -48,8 +48,12 @@ def eval_line(text):
 
 
 def assert_close(a, b):
+    """rtol 1e-5, with an absolute floor of 1e-5 of the largest parameter: the BN biases whose
+    exact gradient is 0 sit at ~1e-10 and carry pure summation noise. A wrong average or other
+    data would move parameters by ~lr * grad, 1e-3 here."""
+    scale = max(float(np.abs(y).max()) for y in jax.tree.leaves(b))
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-5 * scale)
 
 
 @pytest.fixture(scope="module")

@@ -30,6 +30,9 @@ class Checkpointer:
     def save(self, state, meta: dict, best: bool = False):
         step = int(meta["global_step"])
         manager = self.best if best else self.latest
+        # one save in flight at a time: two managers saving the same step concurrently can
+        # cross their multi-process barriers and deadlock
+        self.wait()
         if step in manager.all_steps():
             return
         manager.save(step, args=ocp.args.Composite(
