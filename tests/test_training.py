@@ -104,17 +104,19 @@ def test_eval_and_infer_clis_on_a_trained_checkpoint(tmp_path):
     assert "broken.png" in r.stderr and os.path.exists(label_file)
 
 
-def test_pretrained_model_loads_weights_and_skips_mismatched_shapes(tmp_path, caplog):
+def test_pretrained_model_loads_weights_and_skips_mismatched_shapes(tmp_path):
     source = train(tiny_config(tmp_path / "src", "Global.max_steps=1"))
-    # a space in the dictionary: 38 classes, so the CTC head no longer fits; lr 0 keeps weights
-    with caplog.at_level("WARNING", logger="jaxocr"):
-        result = train(tiny_config(tmp_path / "dst", "Global.max_steps=1",
-                                   "Global.use_space_char=true", "Optimizer.lr.learning_rate=0",
-                                   "Optimizer.lr.warmup_epoch=0",
-                                   f"Global.pretrained_model={tmp_path / 'src'}"))
+    # 36 chars plus a space: 38 classes, so the CTC head no longer fits; lr 0 keeps weights
+    chars = tmp_path / "dict.txt"
+    chars.write_text("\n".join("0123456789abcdefghijklmnopqrstuvwxyz") + "\n")
+    result = train(tiny_config(tmp_path / "dst", "Global.max_steps=1",
+                               f"Global.character_dict_path={chars}", "Global.use_space_char=true",
+                               "Optimizer.lr.learning_rate=0", "Optimizer.lr.warmup_epoch=0",
+                               f"Global.pretrained_model={tmp_path / 'src'}"))
     src, dst = _params(source), _params(result)
     for a, b in zip(jax.tree.leaves(src["backbone"]), jax.tree.leaves(dst["backbone"])):
         np.testing.assert_array_equal(a, b)
     assert dst["head"]["fc"]["kernel"].shape[-1] == 38
-    assert "['head']['fc']['kernel']" in caplog.text and "skipped" in caplog.text
+    text = (tmp_path / "dst" / "train.log").read_text()
+    assert "skipped ['params']['head']['fc']['kernel'] (96, 38) vs (96, 37)" in text and "2 tensors skipped" in text
     assert result["global_step"] == 1  # weights only: the step counter starts afresh

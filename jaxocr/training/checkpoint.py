@@ -102,10 +102,10 @@ def read_state(path: str) -> dict:
     return jax.device_get(state)
 
 
-def load_pretrained(path: str, variables: dict) -> dict:
+def load_pretrained(source: str, variables: dict) -> dict:
     """Weights only (`params` and `batch_stats`), as PaddleOCR's `pretrained_model`: entries
     missing or of another shape are reported and left as initialised."""
-    state = read_state(path)
+    state = read_state(source)
     loaded = {k: state.get(k, {}) for k in variables}
     flat_loaded = {jax.tree_util.keystr(k): v for k, v in
                    jax.tree_util.tree_flatten_with_path(loaded)[0]}
@@ -121,7 +121,7 @@ def load_pretrained(path: str, variables: dict) -> dict:
         return np.asarray(value, dtype=current.dtype)
 
     variables = jax.tree_util.tree_map_with_path(pick, variables)
-    log.info("loaded pretrained weights from %s (%d tensors skipped)", directory, len(skipped))
+    log.info("loaded pretrained weights from %s (%d tensors skipped)", source, len(skipped))
     for line in skipped:
         log.warning("pretrained: skipped %s", line)
     return variables
