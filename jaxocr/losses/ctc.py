@@ -3,11 +3,11 @@ import jax.numpy as jnp
 import optax
 
 
-def ctc_loss(logits, labels, lengths, use_focal_loss=False, weights=None):
+def ctc_loss(logits, labels, lengths, use_focal_loss=False):
     """logits (B, T, C) float; labels (B, L) int, zero-padded; lengths (B,) int.
 
-    Returns the per-sample losses (B,) in float32; log-softmax runs in float32 whatever the
-    compute dtype. `weights` (B,) masks samples out of the mean (padding in eval).
+    Returns the per-sample losses (B,); log-softmax runs in at least float32 whatever the
+    compute dtype.
     """
     logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
     b, t, _ = logits.shape
