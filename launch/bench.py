@@ -6,6 +6,10 @@
         the input pipeline alone, images/s per worker count
     python launch/bench.py converge -c configs/rec/quickstart_crnn.yml [--json PATH]
         train the config to the end, then evaluate the final weights: wall time and accuracy
+    python launch/bench.py scaling -c CFG [--processes 1,2] [--project 32,100 [--step_s S]]
+        weak scaling over local processes (each pinned to its own cores): images/s, efficiency,
+        lockstep-only and independent baselines, all-reduce time; then projected to N workers
+        over a GBPS Gb/s interconnect (ring all-reduce)
 """
 import argparse
 import json
@@ -26,10 +30,12 @@ def machine() -> dict:
             "device_kind": jax.devices()[0].device_kind, "jax": jax.__version__}
 
 
-def train_speed(cfg, steps: int, warmup: int) -> dict:
+def train_speed(cfg, steps: int, warmup: int, sync_grads: bool = True,
+                allreduce_probe: bool = False) -> dict:
     import resource
 
     import jax
+    from jax.flatten_util import ravel_pytree
     from jaxocr.data.pipeline import Loader
     from jaxocr.losses import build_loss
     from jaxocr.training.loop import Components
@@ -37,8 +43,10 @@ def train_speed(cfg, steps: int, warmup: int) -> dict:
     comp = Components(cfg)
     loader = Loader(cfg, "Train", comp.charset, comp.mesh)
     state, tx, _ = comp.build_state(loader.load(0, 0)["image"].shape, loader.steps_per_epoch)
+    grad_bytes = ravel_pytree((state.params, state.batch_stats))[0].size * 4
     state = jax.device_put(state, comp.repl)
-    step = make_train_step(comp.model, tx, build_loss(cfg.get("Loss")), comp.mesh, comp.dtype)
+    step = make_train_step(comp.model, tx, build_loss(cfg.get("Loss")), comp.mesh, comp.dtype,
+                           sync_grads=sync_grads)
     batches = _forever(loader, comp, int(cfg["Global"]["prefetch"]))
     device, _ = next(batches)
     t0 = time.perf_counter()
@@ -64,9 +72,34 @@ def train_speed(cfg, steps: int, warmup: int) -> dict:
             "step_s": total / steps, "data_wait_s": wait / steps, "compute_s": compute / steps,
             "host_overhead_s": (total - wait - compute) / steps, "data_wait_frac": wait / total,
             "compile_s": compile_s, "global_batch": loader.global_batch, "devices": comp.mesh.size,
+            "local_devices": jax.local_device_count(), "processes": jax.process_count(),
+            "grad_bytes": grad_bytes,
+            "allreduce_probe_s": allreduce_time(comp.mesh, grad_bytes) if allreduce_probe else None,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "peak_device_mb": mem.get("peak_bytes_in_use", 0) / 2**20 or None,
             "machine": machine()}
+
+
+def allreduce_time(mesh, nbytes: int, repeats: int = 20) -> float:
+    """Median time of one compiled all-reduce of `nbytes` over the mesh, outside any step."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from jax.sharding import PartitionSpec as P
+    from jaxocr.distributed import AXIS
+    from jaxocr.training.step import batch_sharding, shard_map
+    n = nbytes // 4
+    local = np.ones((jax.local_device_count() * n,), np.float32)
+    x = jax.make_array_from_process_local_data(batch_sharding(mesh), local)
+    reduce = jax.jit(shard_map(lambda v: jax.lax.pmean(v, AXIS), mesh, in_specs=P(AXIS),
+                               out_specs=P(AXIS)))
+    jax.block_until_ready(reduce(x))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(reduce(x))
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
 
 
 def _forever(loader, comp, prefetch):
@@ -112,28 +145,97 @@ def converge(cfg) -> dict:
             "best": result["best"], "machine": machine()}
 
 
+def scaling(args, cfg) -> dict:
+    from jaxocr import scaling as sc
+    out = {}
+    processes = [int(n) for n in args.processes.split(",") if n.strip()]
+    if processes:
+        gpus = args.gpus.split(",") if args.gpus else None
+        out = sc.measure(args.config, args.opt, processes, args.steps, args.warmup,
+                         args.cores_per_process, gpus)
+        base = out["rows"][0]
+        grad_bytes, compute_s = base["grad_bytes"], base["step_s"]
+    if args.project:
+        hosts, gbps = args.project.split(",")
+        if args.step_s:
+            compute_s = args.step_s
+        elif not processes:
+            raise SystemExit("scaling: --project without a measurement needs --step_s")
+        if not processes:
+            grad_bytes = model_grad_bytes(cfg)
+        workers = sorted({n for n in (2 ** k for k in range(1, 11)) if n < int(hosts)}
+                         | {int(hosts)})
+        out["projection"] = sc.projection_table(compute_s, grad_bytes, workers, float(gbps),
+                                                args.latency_us)
+        for r in out["projection"]:
+            print(f"projected {r['workers']:4d} workers @ {r['gbit_per_s']:g} Gb/s: all-reduce "
+                  f"{r['allreduce_s'] * 1e3:7.2f} ms of {r['compute_s'] * 1e3:.1f} ms compute -> "
+                  f"efficiency {r['efficiency']:.3f} ({r['efficiency_overlapped']:.3f} overlapped)")
+    out["machine"] = machine()
+    return out
+
+
+def model_grad_bytes(cfg) -> int:
+    from jax.flatten_util import ravel_pytree
+    from jaxocr.data.pipeline import Loader
+    from jaxocr.training.loop import Components
+    from jaxocr.training.step import init_variables
+    comp = Components(cfg)
+    shape = Loader(cfg, "Train", comp.charset, comp.mesh).load(0, 0)["image"].shape
+    variables = init_variables(comp.model, shape, 0)
+    return ravel_pytree((variables["params"], variables.get("batch_stats", {})))[0].size * 4
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
-    for name in ("train", "data", "converge"):
+    for name in ("train", "data", "converge", "scaling"):
         sp = sub.add_parser(name, parents=[cli.parser(__doc__)], add_help=False)
         sp.add_argument("--json", default=None, help="also write the results here")
-        if name == "train":
+        if name in ("train", "scaling"):
             sp.add_argument("--steps", type=int, default=20)
             sp.add_argument("--warmup", type=int, default=3)
+            sp.add_argument("--gpus", default=None, help="local GPU ids, one per process")
+        if name == "train":  # set by `scaling` for its worker processes
+            for flag in ("--coordinator", "--num_processes", "--process_id"):
+                sp.add_argument(flag, default=None, help=argparse.SUPPRESS)
+            sp.add_argument("--lockstep_only", action="store_true", help=argparse.SUPPRESS)
+            sp.add_argument("--allreduce_probe", action="store_true", help=argparse.SUPPRESS)
         if name == "data":
             sp.add_argument("--workers", default="1,2")
             sp.add_argument("--batches", type=int, default=20)
+        if name == "scaling":
+            sp.add_argument("--processes", default="1,2",
+                            help="process counts to measure, e.g. 1,2 ('' to only project)")
+            sp.add_argument("--cores_per_process", type=int, default=None,
+                            help="CPU cores pinned to each process (default: cores / max N)")
+            sp.add_argument("--project", default=None, metavar="WORKERS,GBPS",
+                            help="project efficiency up to WORKERS over GBPS Gb/s links")
+            sp.add_argument("--step_s", type=float, default=None,
+                            help="compute time per step for the projection "
+                                 "(default: the measured 1-process step)")
+            sp.add_argument("--latency_us", type=float, default=10.0,
+                            help="per-hop latency of the interconnect for the projection")
     args = p.parse_args()
     cli.set_cpu_devices(args.cpu_devices)
     cfg = cli.load(args)
     if args.command == "train":
-        out = train_speed(cfg, args.steps, args.warmup)
+        from jaxocr import distributed
+        cluster = distributed.cluster_from_flags(
+            coordinator=args.coordinator, num_processes=args.num_processes,
+            process_id=args.process_id, gpus=args.gpus)
+        distributed.initialize(cluster)
+        out = train_speed(cfg, args.steps, args.warmup, sync_grads=not args.lockstep_only,
+                          allreduce_probe=args.allreduce_probe)
     elif args.command == "data":
         out = data_speed(cfg, [int(w) for w in args.workers.split(",")], args.batches)
+    elif args.command == "scaling":
+        out = scaling(args, cfg)
     else:
         out = converge(cfg)
     for k, v in out.items():
+        if k in ("rows", "projection"):
+            continue
         print(f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}")
     if args.json:
         with open(args.json, "w") as f:

@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import QUICKSTART, ROOT, TINY
 
 
@@ -33,3 +35,45 @@ def test_bench_data_reports_rate_per_worker_count(tmp_path):
     result = json.loads(out.read_text())
     assert result["workers_1"] > 0 and result["workers_2"] > 0
     assert os.path.exists(out)
+
+
+def test_ring_allreduce_projection_follows_the_formula():
+    from jaxocr.scaling import projected_efficiency, projection_table, ring_allreduce_s
+    nbytes, gbps = 8e6, 100.0
+    assert ring_allreduce_s(1, nbytes, gbps) == 0
+    # 2(N-1)/N x bytes / bandwidth, plus 2(N-1) hops of latency
+    assert abs(ring_allreduce_s(4, nbytes, gbps, 0) - 1.5 * nbytes / 12.5e9) < 1e-12
+    assert abs(ring_allreduce_s(4, nbytes, gbps, 10) - ring_allreduce_s(4, nbytes, gbps, 0)
+               - 6 * 10e-6) < 1e-12
+    assert projected_efficiency(1.0, 0.25, overlap=False) == 0.8
+    assert projected_efficiency(0.3, 0.1, overlap=True) == 1.0  # hidden behind the backward
+    rows = projection_table(0.05, nbytes, [2, 8, 32], gbps)
+    eff = [r["efficiency"] for r in rows]
+    assert eff == sorted(eff, reverse=True) and all(0 < e <= 1 for e in eff)
+    assert all(r["efficiency_overlapped"] >= r["efficiency"] for r in rows)
+
+
+def test_bench_scaling_projects_from_a_given_step_time(tmp_path):
+    out = tmp_path / "proj.json"
+    r = bench("scaling", "-c", QUICKSTART, "-o", *TINY, "--processes", "", "--project", "32,100",
+              "--step_s", "0.05", "--json", str(out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = json.loads(out.read_text())["projection"]
+    assert [row["workers"] for row in rows] == [2, 4, 8, 16, 32]
+    assert "projected   32 workers @ 100 Gb/s" in r.stdout
+
+
+@pytest.mark.slow
+def test_bench_scaling_measures_every_mode_with_local_processes(tmp_path):
+    out = tmp_path / "scaling.json"
+    r = bench("scaling", "-c", QUICKSTART, "-o", *TINY, "--processes", "1,2", "--steps", "3",
+              "--warmup", "1", "--project", "8,100", "--json", str(out))
+    assert r.returncode == 0, r.stderr[-3000:] + r.stdout[-3000:]
+    result = json.loads(out.read_text())
+    modes = [(row["processes"], row["mode"]) for row in result["rows"]]
+    assert modes == [(1, "sync"), (2, "sync"), (2, "lockstep"), (2, "independent")]
+    assert result["rows"][0]["efficiency"] == 1.0
+    two = result["rows"][1]
+    assert two["images_per_s"] > 0 and two["allreduce_probe_s"] > 0
+    assert 0 <= two["allreduce_frac"] < 1 and two["grad_bytes"] > 4 * 100_000
+    assert [row["workers"] for row in result["projection"]] == [2, 4, 8]

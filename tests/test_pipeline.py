@@ -29,7 +29,17 @@ def test_global_order_does_not_depend_on_process_count(tmp_path):
     np.testing.assert_array_equal(np.concatenate(parts, axis=1), whole)
     assert sorted(whole.ravel()) == list(range(64))  # every sample once per epoch
     assert not np.array_equal(whole, one.local_indices(epoch=4).reshape(8, 8))  # reshuffled
-    np.testing.assert_array_equal(one.local_indices(3, start_step=5), whole[5:].ravel())
+    np.testing.assert_array_equal(one.local_indices(3, start_sample=40), whole[5:].ravel())
+
+
+def test_a_resumed_position_is_the_same_sample_under_another_global_batch(tmp_path):
+    whole = _loader(tmp_path).local_indices(epoch=2)  # global batch 8
+    cfg = tiny_config(tmp_path)
+    three = Loader(cfg, "Train", CharacterDict.from_config(cfg["Global"]),
+                   data_mesh(jax.devices()[:3]))  # global batch 6: 10 steps, 60 of 64 samples
+    assert three.steps_from(40) == 3  # 20 samples left: whole steps of 6
+    np.testing.assert_array_equal(three.local_indices(2, start_sample=40), whole[40:58])
+    assert three.steps_from(62) == 0 and three.local_indices(2, 62).size == 0
 
 
 def test_eval_pads_to_whole_batches_with_a_mask(tmp_path):

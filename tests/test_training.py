@@ -36,6 +36,19 @@ def test_resume_equals_straight_run(tmp_path):
     assert "params: " in text and "global_step: 4" in text and "avg_reader_cost" in text
 
 
+def test_resume_on_another_device_count_continues_at_the_same_sample(tmp_path):
+    from jaxocr.distributed import data_mesh
+    from jaxocr.training import checkpoint
+    from jaxocr.training.step import replicated
+    first = train(tiny_config(tmp_path, "Global.max_steps=3"))  # 4 devices: global batch 8
+    resumed = train(tiny_config(tmp_path, "Global.max_steps=5"), mesh=data_mesh(jax.devices()[:2]))
+    assert resumed["global_step"] == 5
+    with open(tmp_path / "train.log") as f:
+        assert "resuming with global batch 4 (was 8): epoch 1 from sample 24" in f.read()
+    _, meta = checkpoint.restore(str(tmp_path), first["state"], replicated(data_mesh()))
+    assert (meta["data_epoch"], meta["data_offset"], meta["global_batch"]) == (0, 32, 4)
+
+
 def test_corrupt_images_and_unknown_labels_are_skipped_and_counted(tmp_path):
     data = tmp_path / "data"
     label_file = write_label_file_dataset(str(data), 30, "0123456789abcdefghijklmnopqrstuvwxyz",

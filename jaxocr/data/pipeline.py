@@ -4,7 +4,8 @@ global `jax.Array` per batch, sharded on 'data' and prefetched to the devices.
 Global order: every process computes the same epoch-seeded permutation of the whole dataset.
 Global batch s is `perm[s*G:(s+1)*G]`; process p takes rows `[p*L:(p+1)*L]` of it (L = its
 local batch), which are exactly the rows its devices hold in the global array. So the global
-sample order does not depend on the process count, and the data position is just a global step.
+sample order does not depend on the process count, and the data position is (epoch, samples
+into it): a run resumes at the same sample under another process or device count.
 Augmentation randomness is seeded by (seed, epoch, sample index), also layout-independent.
 """
 from __future__ import annotations
@@ -64,15 +65,24 @@ class Loader:
             log.info("%s.dataset: %d samples; labels dropped: %s", mode, self.num_samples,
                      ", ".join(f"{k}={v}" for k, v in self.source.dropped.items()))
 
-    def local_indices(self, epoch: int, start_step: int = 0) -> np.ndarray:
-        """This process's sample indices for the epoch from `start_step` on; -1 marks padding."""
+    def local_indices(self, epoch: int, start_sample: int = 0) -> np.ndarray:
+        """This process's sample indices for the epoch, from the epoch's `start_sample`-th
+        sample (in global order) on; -1 marks eval padding."""
         n, g = self.num_samples, self.global_batch
         order = (np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle
                  else np.arange(n))
         total = self.steps_per_epoch * g
         order = np.concatenate([order, np.full(max(0, total - n), -1)])[:total]
-        order = order.reshape(self.steps_per_epoch, self.process_count, self.local_batch)
-        return order[start_step:, self.process_index].reshape(-1)
+        order = order[start_sample:][:self.steps_from(start_sample) * g]
+        order = order.reshape(-1, self.process_count, self.local_batch)
+        return order[:, self.process_index].reshape(-1)
+
+    def steps_from(self, start_sample: int) -> int:
+        """Steps left in an epoch after its first `start_sample` samples. A checkpoint from a
+        run with another global batch may resume mid-step of this one: its remainder is
+        rounded down, as drop_last does."""
+        left = max(0, self.steps_per_epoch * self.global_batch - int(start_sample))
+        return left // self.global_batch
 
     def load(self, index: int, epoch: int) -> dict:
         """One transformed sample; an unreadable one is replaced by the next index and counted."""
@@ -92,9 +102,9 @@ class Loader:
         raise RuntimeError(f"{self.mode}.dataset: {MAX_SUBSTITUTES} unreadable samples in a row "
                            f"from index {index}; check the data")
 
-    def host_batches(self, epoch: int, start_step: int = 0):
+    def host_batches(self, epoch: int, start_sample: int = 0):
         """Yields numpy dicts of this process's local batch."""
-        indices = self.local_indices(epoch, start_step)
+        indices = self.local_indices(epoch, start_sample)
         ds = grain.MapDataset.source(indices).map(lambda i: self.load(i, epoch))
         if self.worker_type == "process" and self.num_workers > 0:
             if not flags.FLAGS.is_parsed():  # grain's worker processes read absl flags
@@ -108,8 +118,8 @@ class Loader:
             it = ds.to_iter_dataset(read).batch(self.local_batch, drop_remainder=True)
         yield from it
 
-    def batches(self, epoch: int, start_step: int, sharding, prefetch: int = 2):
-        return DevicePrefetcher(self.host_batches(epoch, start_step), sharding,
+    def batches(self, epoch: int, start_sample: int, sharding, prefetch: int = 2):
+        return DevicePrefetcher(self.host_batches(epoch, start_sample), sharding,
                                 DEVICE_KEYS[self.mode], prefetch)
 
 

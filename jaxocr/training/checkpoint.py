@@ -2,7 +2,8 @@
 
 Two managers, so that keeping the best never deletes the newest. A checkpoint holds the whole
 train state (params, BN stats, optimizer state with the schedule position, step, RNG) and a
-JSON of loop metadata (epoch, best metric). The data position is the global step itself.
+JSON of loop metadata: global step, best metric, and the data position as (epoch, samples into
+it), so a run resumes at the same sample under another global batch.
 """
 from __future__ import annotations
 

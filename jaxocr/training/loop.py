@@ -182,33 +182,45 @@ def train(cfg: dict, mesh=None) -> dict:
     writer = _tensorboard(save_dir) if is_main() and g["use_tensorboard"] else None
     train_metric = build_metric(cfg.get("Metric"))
 
-    def snapshot(epoch):
-        return {"global_step": global_step, "epoch": epoch, "best_metric": best,
-                "samples_seen": global_step * train_loader.global_batch}
+    # Data position in samples, not steps, so it survives a change of global batch.
+    data_epoch = int(meta.get("data_epoch", global_step // steps_per_epoch))
+    data_offset = int(meta.get("data_offset",
+                               (global_step % steps_per_epoch) * train_loader.global_batch))
+    if meta.get("global_batch", train_loader.global_batch) != train_loader.global_batch:
+        log.info("resuming with global batch %d (was %d): epoch %d from sample %d",
+                 train_loader.global_batch, meta["global_batch"], data_epoch + 1, data_offset)
+
+    def snapshot():
+        return {"global_step": global_step, "best_metric": best, "data_epoch": data_epoch,
+                "data_offset": data_offset, "global_batch": train_loader.global_batch}
 
     # ---- loop ----
     print_every = int(g["print_batch_step"])
     window = collections.deque(maxlen=int(g["log_smooth_window"]))
     pending_losses, skipped, stop = [], 0, global_step >= total_steps
     bar = _progress(total_steps, global_step)
-    start_epoch = global_step // steps_per_epoch
     last = {}
-    for epoch in range(start_epoch, epoch_num):
+    for epoch in range(data_epoch, epoch_num):
         if stop:
             break
-        batches = train_loader.batches(epoch, global_step - epoch * steps_per_epoch,
-                                       comp.batch_sharding, int(g["prefetch"]))
+        steps_left = train_loader.steps_from(data_offset)
+        batches = train_loader.batches(epoch, data_offset, comp.batch_sharding,
+                                       int(g["prefetch"]))
         t_mark, wait_mark, steps_mark = time.perf_counter(), 0.0, 0
+        end_of_epoch = False
         for device, host in batches:
             state, out = train_step(state, device)
             global_step += 1
             steps_mark += 1
+            steps_left -= 1
+            end_of_epoch = steps_left == 0
+            data_epoch, data_offset = ((epoch + 1, 0) if end_of_epoch else
+                                       (epoch, data_offset + train_loader.global_batch))
             pending_losses.append(out["loss"])
             skipped += int(host["bad"].sum())
             progress.step(global_step)
             if bar:
                 bar.update(1)
-            end_of_epoch = global_step % steps_per_epoch == 0
             if global_step % print_every == 0 or end_of_epoch or global_step >= total_steps:
                 window.extend(np.asarray(jax.device_get(jnp.stack(pending_losses))).tolist())
                 pending_losses = []
@@ -249,7 +261,7 @@ def train(cfg: dict, mesh=None) -> dict:
                         writer.add_scalar(f"eval/{k}", v, global_step)
                 if cur[main_key] >= best.get(main_key, -1.0):
                     best = {**cur, "best_epoch": epoch + 1, "global_step": global_step}
-                    ckpt.save(state, snapshot(epoch), best=True)
+                    ckpt.save(state, snapshot(), best=True)
                 log.info("best metric, %s", _fmt(best))
                 t_mark = time.perf_counter()
             if preemption.reached(global_step):
@@ -260,10 +272,12 @@ def train(cfg: dict, mesh=None) -> dict:
             if stop:
                 break
         batches.close()
+        if not stop:  # also when a resumed position left less than a batch of this epoch
+            data_epoch, data_offset = epoch + 1, 0
         save_every = int(g["save_epoch_step"])
         if end_of_epoch and save_every > 0 and (epoch + 1) % save_every == 0 and not stop:
-            ckpt.save(state, snapshot(epoch))
-    ckpt.save(state, snapshot(global_step // max(steps_per_epoch, 1)))
+            ckpt.save(state, snapshot())
+    ckpt.save(state, snapshot())
     ckpt.close()
     if bar:
         bar.close()

@@ -63,8 +63,13 @@ def pmean_flat(tree, axis_name=AXIS):
     return unravel(jax.lax.pmean(flat, axis_name))
 
 
-def make_train_step(model, tx, loss_fn, mesh, dtype=jnp.float32):
-    """Returns step(state, batch) -> (state, out); out holds the loss and the batch's best path."""
+def make_train_step(model, tx, loss_fn, mesh, dtype=jnp.float32, sync_grads: bool = True):
+    """Returns step(state, batch) -> (state, out); out holds the loss and the batch's best path.
+
+    `sync_grads=False` all-reduces only the loss, after the backward pass: devices then train
+    apart but still run in lockstep. The scaling benchmark uses it to separate the cost of
+    running in step from the cost of moving the gradients.
+    """
 
     def per_device(state: TrainState, batch):
         images = batch["image"].astype(dtype)
@@ -80,7 +85,11 @@ def make_train_step(model, tx, loss_fn, mesh, dtype=jnp.float32):
 
         (loss, (logits, batch_stats)), grads = jax.value_and_grad(compute_loss, has_aux=True)(
             state.params)
-        grads, batch_stats, loss = pmean_flat((grads, batch_stats, loss))
+        if sync_grads:
+            grads, batch_stats, loss = pmean_flat((grads, batch_stats, loss))
+        else:  # a scalar that needs every gradient, so the wait sits where the all-reduce would
+            ready = sum(g.reshape(-1)[0] for g in jax.tree.leaves(grads))
+            loss = jax.lax.pmean(jnp.stack([loss, ready]), AXIS)[0]
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ids, _ = best_path(logits)
