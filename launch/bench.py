@@ -1,7 +1,8 @@
 """Benchmarks. Every performance figure in the README comes from here.
 
     python launch/bench.py train -c CFG [--steps 20 --warmup 3] [-o ...] [--json PATH]
-        steady-state training speed: images/s, data wait / compute / host split, compile time
+        steady-state training speed: images/s, data wait / compute / host split, compile time,
+        GFLOP/s; --profile DIR adds a trace and the time per part of the model
     python launch/bench.py data -c CFG [--workers 1,2] [--batches 20]
         the input pipeline alone, images/s per worker count
     python launch/bench.py converge -c configs/rec/quickstart_crnn.yml [--json PATH]
@@ -31,7 +32,7 @@ def machine() -> dict:
 
 
 def train_speed(cfg, steps: int, warmup: int, sync_grads: bool = True,
-                allreduce_probe: bool = False) -> dict:
+                allreduce_probe: bool = False, profile_dir: str | None = None) -> dict:
     import resource
 
     import jax
@@ -67,17 +68,43 @@ def train_speed(cfg, steps: int, warmup: int, sync_grads: bool = True,
         wait, compute = wait + t1 - t0, compute + t2 - t1
     total = time.perf_counter() - t_start
     images = steps * loader.global_batch
+    flops = _flops(compiled)
+    parts = None
+    if profile_dir:
+        from jaxocr.profile import breakdown
+        traced = min(steps, 3)
+        with jax.profiler.trace(profile_dir, create_perfetto_trace=True):
+            for _ in range(traced):
+                state, out = compiled(state, next(batches)[0])
+                jax.block_until_ready(out["loss"])
+        parts = breakdown(profile_dir, compiled.as_text(), traced)
+        for part, ms in parts.items():
+            print(f"  {part:<45} {ms:9.1f} ms/step")
     mem = jax.local_devices()[0].memory_stats() or {}
     return {"images_per_s": images / total, "images_per_s_per_device": images / total / comp.mesh.size,
             "step_s": total / steps, "data_wait_s": wait / steps, "compute_s": compute / steps,
             "host_overhead_s": (total - wait - compute) / steps, "data_wait_frac": wait / total,
             "compile_s": compile_s, "global_batch": loader.global_batch, "devices": comp.mesh.size,
+            "gflop_per_step": flops / 1e9 if flops else None,
+            "gflop_per_s": flops / 1e9 / (compute / steps) if flops else None,
+            "profile_ms_per_step": parts,
             "local_devices": jax.local_device_count(), "processes": jax.process_count(),
             "grad_bytes": grad_bytes,
             "allreduce_probe_s": allreduce_time(comp.mesh, grad_bytes) if allreduce_probe else None,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "peak_device_mb": mem.get("peak_bytes_in_use", 0) / 2**20 or None,
             "machine": machine()}
+
+
+def _flops(compiled) -> float | None:
+    """XLA's count of floating-point operations in one step (all local devices)."""
+    try:
+        cost = compiled.cost_analysis()
+    except Exception:  # not every backend implements it
+        return None
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else {}
+    return float(cost.get("flops", 0)) or None
 
 
 def allreduce_time(mesh, nbytes: int, repeats: int = 20) -> float:
@@ -201,6 +228,9 @@ def main():
                 sp.add_argument(flag, default=None, help=argparse.SUPPRESS)
             sp.add_argument("--lockstep_only", action="store_true", help=argparse.SUPPRESS)
             sp.add_argument("--allreduce_probe", action="store_true", help=argparse.SUPPRESS)
+            sp.add_argument("--profile", default=None, metavar="DIR",
+                            help="also trace 3 steps into DIR (jax.profiler, perfetto) and "
+                                 "print where the time goes, per part of the model")
         if name == "data":
             sp.add_argument("--workers", default="1,2")
             sp.add_argument("--batches", type=int, default=20)
@@ -226,7 +256,7 @@ def main():
             process_id=args.process_id, gpus=args.gpus)
         distributed.initialize(cluster)
         out = train_speed(cfg, args.steps, args.warmup, sync_grads=not args.lockstep_only,
-                          allreduce_probe=args.allreduce_probe)
+                          allreduce_probe=args.allreduce_probe, profile_dir=args.profile)
     elif args.command == "data":
         out = data_speed(cfg, [int(w) for w in args.workers.split(",")], args.batches)
     elif args.command == "scaling":
@@ -234,7 +264,7 @@ def main():
     else:
         out = converge(cfg)
     for k, v in out.items():
-        if k in ("rows", "projection"):
+        if k in ("rows", "projection", "profile_ms_per_step"):
             continue
         print(f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}")
     if args.json:

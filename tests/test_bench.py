@@ -17,14 +17,37 @@ def bench(*args):
 def test_bench_train_reports_speed_breakdown(tmp_path):
     out = tmp_path / "train.json"
     r = bench("train", "-c", QUICKSTART, "-o", *TINY, "--steps", "3", "--warmup", "1",
-              "--json", str(out))
+              "--json", str(out), "--profile", str(tmp_path / "trace"))
     assert r.returncode == 0, r.stderr[-3000:]
     result = json.loads(out.read_text())
     for key in ("images_per_s", "images_per_s_per_device", "data_wait_frac", "compile_s",
-                "peak_rss_mb", "step_s", "data_wait_s", "compute_s", "host_overhead_s"):
+                "peak_rss_mb", "step_s", "data_wait_s", "compute_s", "host_overhead_s",
+                "gflop_per_step", "gflop_per_s"):
         assert key in result and f"{key}:" in r.stdout
     assert result["images_per_s"] > 0 and 0 <= result["data_wait_frac"] <= 1
     assert result["global_batch"] == 2 and result["machine"]["backend"] == "cpu"
+    assert result["gflop_per_step"] > 0.1  # XLA's count for the tiny CRNN at batch 2
+    parts = result["profile_ms_per_step"]  # the trace, attributed to the model's parts
+    for part in ("backbone: depthwise convs, forward", "backbone: 1x1 convs, backward",
+                 "neck (BiLSTM), forward", "neck (BiLSTM), backward"):
+        assert parts[part] > 0, parts
+    assert "ms/step" in r.stdout
+
+
+def test_profile_self_time_subtracts_nested_ops():
+    from jaxocr.profile import hlo_op_names, part_of, self_times
+    events = [{"ph": "X", "pid": 1, "tid": 1, "ts": 0, "dur": 10, "name": "while"},
+              {"ph": "X", "pid": 1, "tid": 1, "ts": 2, "dur": 3, "name": "body"},
+              {"ph": "X", "pid": 1, "tid": 1, "ts": 6, "dur": 2, "name": "body"},
+              {"ph": "X", "pid": 1, "tid": 2, "ts": 1, "dur": 4, "name": "other"}]
+    got = sorted((e["name"], t) for e, t in self_times(events))
+    assert got == [("body", 2), ("body", 3), ("other", 4), ("while", 5)]
+    hlo = ('  %pad_slice_fusion.1 = f32[2] fusion(%p), kind=kLoop, metadata={op_name='
+           '"jit(f)/transpose(jvp(BaseModel))/backbone/blocks_3/bottleneck_conv/conv/pad"}')
+    names = hlo_op_names(hlo)
+    assert part_of(names["pad_slice_fusion.1"], "pad_slice_fusion.1") == \
+        "backbone: depthwise convs, backward"
+    assert part_of(None, "all-reduce.3") == "gradient all-reduce"
 
 
 def test_bench_data_reports_rate_per_worker_count(tmp_path):
