@@ -12,7 +12,7 @@ from conftest import QUICKSTART, ROOT, TINY
 
 pytestmark = pytest.mark.slow
 
-LONG = TINY + ["Global.max_steps=100000", "Global.print_batch_step=1"]
+LONG = TINY + ["Global.epoch_num=1000", "Global.max_steps=100000", "Global.print_batch_step=1"]
 
 
 def start(tmp, *flags, env=None, overrides=()):
