@@ -87,3 +87,35 @@ def breakdown(trace_dir: str, hlo_text: str, steps: int) -> dict[str, float]:
         if hlo_op:
             totals[part_of(names.get(hlo_op), hlo_op)] += self_us / 1e3 / steps
     return dict(sorted(totals.items(), key=lambda kv: -kv[1]))
+
+
+_ALL_REDUCE = re.compile(r"all-reduce(?:-start)?\(")
+
+
+def _computations(hlo_text: str) -> dict[str, str]:
+    comps, name = {}, None
+    for line in hlo_text.splitlines():
+        m = re.match(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$", line)
+        if m and not line.startswith(" "):
+            name = m.group(1)
+            comps[name] = []
+        elif name:
+            comps[name].append(line)
+    return {k: "\n".join(v) for k, v in comps.items()}
+
+
+def all_reduce_counts(hlo_text: str) -> dict[str, int]:
+    """All-reduces in a compiled program, and how many sit in computations reachable from a
+    while-loop body (those run once per iteration: the pattern the shard_map step avoids)."""
+    comps = _computations(hlo_text)
+    bodies = set(re.findall(r"body=%?([\w.\-]+)", hlo_text))
+    seen, todo, in_loops = set(), list(bodies), 0
+    while todo:
+        name = todo.pop()
+        if name in seen or name not in comps:
+            continue
+        seen.add(name)
+        in_loops += len(_ALL_REDUCE.findall(comps[name]))
+        todo += re.findall(r"(?:calls|to_apply|body|condition)=%?([\w.\-]+)", comps[name])
+    return {"all_reduces": len(_ALL_REDUCE.findall(hlo_text)), "all_reduces_in_loops": in_loops,
+            "while_loops": len(bodies)}

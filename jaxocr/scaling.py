@@ -111,6 +111,8 @@ def summarize(results: list[dict]) -> dict:
     if probes:
         row["allreduce_probe_s"] = max(probes)
     row["grad_bytes"] = results[0]["grad_bytes"]
+    row["all_reduces"] = results[0]["all_reduces"]
+    row["all_reduces_in_loops"] = results[0]["all_reduces_in_loops"]
     return row
 
 

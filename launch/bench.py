@@ -39,6 +39,7 @@ def train_speed(cfg, steps: int, warmup: int, sync_grads: bool = True,
     from jax.flatten_util import ravel_pytree
     from jaxocr.data.pipeline import Loader
     from jaxocr.losses import build_loss
+    from jaxocr.profile import all_reduce_counts
     from jaxocr.training.loop import Components
     from jaxocr.training.step import make_train_step
     comp = Components(cfg)
@@ -85,6 +86,7 @@ def train_speed(cfg, steps: int, warmup: int, sync_grads: bool = True,
             "step_s": total / steps, "data_wait_s": wait / steps, "compute_s": compute / steps,
             "host_overhead_s": (total - wait - compute) / steps, "data_wait_frac": wait / total,
             "compile_s": compile_s, "global_batch": loader.global_batch, "devices": comp.mesh.size,
+            **all_reduce_counts(compiled.as_text()),
             "gflop_per_step": flops / 1e9 if flops else None,
             "gflop_per_s": flops / 1e9 / (compute / steps) if flops else None,
             "profile_ms_per_step": parts,
@@ -110,7 +112,6 @@ def _flops(compiled) -> float | None:
 def allreduce_time(mesh, nbytes: int, repeats: int = 20) -> float:
     """Median time of one compiled all-reduce of `nbytes` over the mesh, outside any step."""
     import jax
-    import jax.numpy as jnp
     import numpy as np
     from jax.sharding import PartitionSpec as P
     from jaxocr.distributed import AXIS
@@ -138,7 +139,6 @@ def _forever(loader, comp, prefetch):
 
 
 def data_speed(cfg, workers: list[int], batches: int) -> dict:
-    import jax
     from jaxocr.data.charset import CharacterDict
     from jaxocr.data.pipeline import Loader
     from jaxocr.distributed import data_mesh

@@ -1,5 +1,4 @@
 """The Horovod contract of the train step: per-device compute, one gradient all-reduce."""
-import re
 
 import jax
 import jax.numpy as jnp
@@ -10,6 +9,7 @@ import pytest
 from jaxocr.distributed import data_mesh
 from jaxocr.losses import batch_mean, build_loss
 from jaxocr.models import build_model
+from jaxocr.profile import all_reduce_counts
 from jaxocr.training.step import (batch_sharding, create_state, init_variables, make_train_step,
                                   replicated)
 
@@ -89,18 +89,6 @@ def test_per_device_bn_gradients_are_the_mean_of_per_device_gradients():
     _close(four.params, expected, rtol=1e-5)
 
 
-def _computations(hlo: str) -> dict:
-    comps, name = {}, None
-    for line in hlo.splitlines():
-        m = re.match(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$", line)
-        if m and not line.startswith(" "):
-            name = m.group(1)
-            comps[name] = []
-        elif name:
-            comps[name].append(line)
-    return {k: "\n".join(v) for k, v in comps.items()}
-
-
 def test_one_gradient_all_reduce_per_step_and_none_inside_loops():
     mesh = data_mesh(jax.devices()[:4])
     model = build_model(ARCH)
@@ -108,17 +96,7 @@ def test_one_gradient_all_reduce_per_step_and_none_inside_loops():
     state = jax.device_put(create_state(init_variables(model, SHAPE, 0), tx, 0), replicated(mesh))
     batch = jax.device_put(_batch(8), batch_sharding(mesh))
     hlo = make_train_step(model, tx, LOSS, mesh).lower(state, batch).compile().as_text()
-    all_reduce = re.compile(r"all-reduce(?:-start)?\(")
-    total = len(all_reduce.findall(hlo))
-    assert 1 <= total <= 3, f"{total} all-reduces in the step"
-    comps = _computations(hlo)
-    loop_bodies = set(re.findall(r"body=%?([\w.\-]+)", hlo))
-    assert loop_bodies, "the LSTM should compile to while loops"
-    seen, todo = set(), list(loop_bodies)
-    while todo:  # every computation reachable from a loop body
-        name = todo.pop()
-        if name in seen or name not in comps:
-            continue
-        seen.add(name)
-        assert not all_reduce.search(comps[name]), f"all-reduce inside loop computation {name}"
-        todo += re.findall(r"(?:calls|to_apply|body|condition)=%?([\w.\-]+)", comps[name])
+    counts = all_reduce_counts(hlo)
+    assert 1 <= counts["all_reduces"] <= 3, counts
+    assert counts["while_loops"] > 0, "the LSTM should compile to while loops"
+    assert counts["all_reduces_in_loops"] == 0, counts

@@ -53,7 +53,7 @@ def test_corrupt_images_and_unknown_labels_are_skipped_and_counted(tmp_path):
     data = tmp_path / "data"
     label_file = write_label_file_dataset(str(data), 30, "0123456789abcdefghijklmnopqrstuvwxyz",
                                           seed=3, corrupt=2, bad_labels=3)
-    src = [f"Train.dataset.name=SimpleDataSet", f"Train.dataset.data_dir={data}",
+    src = ["Train.dataset.name=SimpleDataSet", f"Train.dataset.data_dir={data}",
            f"Train.dataset.label_file_list=[{label_file}]",
            "Eval.dataset.name=SimpleDataSet", f"Eval.dataset.data_dir={data}",
            f"Eval.dataset.label_file_list=[{label_file}]", "Global.eval_batch_step=[0,3]"]
