@@ -36,7 +36,6 @@ def train_speed(cfg, steps: int, warmup: int, sync_grads: bool = True,
     import resource
 
     import jax
-    from jax.flatten_util import ravel_pytree
     from jaxocr.data.pipeline import Loader
     from jaxocr.losses import build_loss
     from jaxocr.profile import all_reduce_counts
@@ -45,7 +44,7 @@ def train_speed(cfg, steps: int, warmup: int, sync_grads: bool = True,
     comp = Components(cfg)
     loader = Loader(cfg, "Train", comp.charset, comp.mesh)
     state, tx, _ = comp.build_state(loader.load(0, 0)["image"].shape, loader.steps_per_epoch)
-    grad_bytes = ravel_pytree((state.params, state.batch_stats))[0].size * 4
+    grad_bytes = all_reduce_bytes(state.params, state.batch_stats)
     state = jax.device_put(state, comp.repl)
     step = make_train_step(comp.model, tx, build_loss(cfg.get("Loss")), comp.mesh, comp.dtype,
                            sync_grads=sync_grads)
@@ -203,14 +202,19 @@ def scaling(args, cfg) -> dict:
 
 
 def model_grad_bytes(cfg) -> int:
-    from jax.flatten_util import ravel_pytree
     from jaxocr.data.pipeline import Loader
     from jaxocr.training.loop import Components
     from jaxocr.training.step import init_variables
     comp = Components(cfg)
     shape = Loader(cfg, "Train", comp.charset, comp.mesh).load(0, 0)["image"].shape
     variables = init_variables(comp.model, shape, 0)
-    return ravel_pytree((variables["params"], variables.get("batch_stats", {})))[0].size * 4
+    return all_reduce_bytes(variables["params"], variables.get("batch_stats", {}))
+
+
+def all_reduce_bytes(params, batch_stats) -> int:
+    """Bytes the step all-reduces: float32 gradients and BN statistics, one buffer."""
+    from jax.flatten_util import ravel_pytree
+    return ravel_pytree((params, batch_stats))[0].size * 4
 
 
 def main():
