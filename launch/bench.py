@@ -94,7 +94,16 @@ def train_speed(cfg, steps: int, warmup: int, sync_grads: bool = True,
             "allreduce_probe_s": allreduce_time(comp.mesh, grad_bytes) if allreduce_probe else None,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "peak_device_mb": mem.get("peak_bytes_in_use", 0) / 2**20 or None,
+            "step_temp_mb": _temp_mb(compiled),
             "machine": machine()}
+
+
+def _temp_mb(compiled) -> float | None:
+    """Scratch memory XLA allocates for each call of the step."""
+    try:
+        return compiled.memory_analysis().temp_size_in_bytes / 2**20
+    except Exception:  # not every backend implements it
+        return None
 
 
 def _flops(compiled) -> float | None:
