@@ -46,7 +46,7 @@ KNOWN = {
     "Eval": {"dataset", "loader", "sampler"},
     "Train.dataset": {
         "name", "data_dir", "label_file_list", "ratio_list", "delimiter", "transforms",
-        "num_samples", "seed", "min_len", "max_len", "fonts",
+        "num_samples", "seed", "min_len", "max_len", "fonts", "mixed_case",
     },
     "Train.loader": {"shuffle", "drop_last", "batch_size_per_card", "num_workers", "worker_type"},
 }
