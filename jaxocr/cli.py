@@ -8,7 +8,6 @@ import sys
 
 from jaxocr import host_memory
 from jaxocr.config import ConfigError, load_config, parse_overrides
-from jaxocr.distributed import LaunchError
 
 log = logging.getLogger("jaxocr")
 
@@ -36,7 +35,8 @@ def load(args) -> dict:
 
 def run(main):
     """Run `main()`; bad configs and missing files end with one clear line, not a traceback."""
-    host_memory.restart_with_huge_pages()
+    host_memory.restart_with_huge_pages()  # before importing JAX, which it would discard
+    from jaxocr.distributed import LaunchError
     logging.basicConfig(level=logging.WARNING, format="[%(asctime)s] %(name)s %(levelname)s: "
                         "%(message)s", datefmt="%Y/%m/%d %H:%M:%S")
     log.setLevel(logging.INFO)

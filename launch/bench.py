@@ -37,17 +37,14 @@ def train_speed(cfg, steps: int, warmup: int, sync_grads: bool = True,
 
     import jax
     from jaxocr.data.pipeline import Loader
-    from jaxocr.losses import build_loss
     from jaxocr.profile import all_reduce_counts
     from jaxocr.training.loop import Components
-    from jaxocr.training.step import make_train_step
     comp = Components(cfg)
     loader = Loader(cfg, "Train", comp.charset, comp.mesh)
     state, tx, _ = comp.build_state(loader.load(0, 0)["image"].shape, loader.steps_per_epoch)
     grad_bytes = all_reduce_bytes(state.params, state.batch_stats)
     state = jax.device_put(state, comp.repl)
-    step = make_train_step(comp.model, tx, build_loss(cfg.get("Loss")), comp.mesh, comp.dtype,
-                           sync_grads=sync_grads)
+    step = comp.train_step(tx, sync_grads)
     batches = _forever(loader, comp, int(cfg["Global"]["prefetch"]))
     device, _ = next(batches)
     t0 = time.perf_counter()

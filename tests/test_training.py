@@ -145,10 +145,8 @@ def test_amp_computes_in_bfloat16_and_keeps_float32_state(tmp_path):
 
 
 def test_use_amp_computes_in_bfloat16_and_keeps_float32_state(tmp_path):
-    from jaxocr.losses import build_loss
     from jaxocr.data.pipeline import Loader
     from jaxocr.training.loop import Components
-    from jaxocr.training.step import batch_sharding, make_train_step
     losses = {}
     for amp in (False, True):
         cfg = tiny_config(tmp_path, f"Global.use_amp={amp}")
@@ -156,8 +154,8 @@ def test_use_amp_computes_in_bfloat16_and_keeps_float32_state(tmp_path):
         loader = Loader(cfg, "Train", comp.charset, comp.mesh)
         state, tx, _ = comp.build_state(loader.load(0, 0)["image"].shape, loader.steps_per_epoch)
         state = jax.device_put(state, comp.repl)
-        step = make_train_step(comp.model, tx, build_loss(cfg["Loss"]), comp.mesh, comp.dtype)
-        batches = loader.batches(0, 0, batch_sharding(comp.mesh))
+        step = comp.train_step(tx)
+        batches = loader.batches(0, 0, comp.batch_sharding)
         batch, _ = next(iter(batches))
         batches.close()
         program = step.lower(state, batch).as_text()  # before XLA: CPU upcasts bf16 matmuls

@@ -276,5 +276,6 @@ def build_source(dataset_cfg: dict, mode: str, charset: CharacterDict, global_cf
             num = SYNTH_DEFAULT_SAMPLES.get(mode, SYNTH_DEFAULT_SAMPLES["train"])
         return SynthTextLine(charset, num_samples=int(num), seed=int(ds_seed),
                              min_len=int(dataset_cfg.get("min_len", 1)), max_len=max_text,
-                             fonts=dataset_cfg.get("fonts"), mixed_case=dataset_cfg.get("mixed_case"))
+                             fonts=dataset_cfg.get("fonts"),
+                             mixed_case=dataset_cfg.get("mixed_case"))
     raise ValueError(f"unknown dataset name {name!r}; known: {', '.join(KNOWN_SOURCES)}")

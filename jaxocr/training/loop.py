@@ -82,6 +82,11 @@ class Components:
                                        variables["params"], steps_per_epoch, int(g["epoch_num"]))
         return create_state(variables, tx, int(g["seed"])), tx, schedule
 
+    def train_step(self, tx, sync_grads: bool = True):
+        """The compiled data-parallel step for this config's model, loss and compute dtype."""
+        return make_train_step(self.model, tx, build_loss(self.cfg.get("Loss")), self.mesh,
+                               self.dtype, sync_grads=sync_grads)
+
     def restore_for_inference(self, image_shape):
         """Params and BN stats from `Global.checkpoints`, replicated over the mesh."""
         path = self.cfg["Global"].get("checkpoints") or self.cfg["Global"].get("pretrained_model")
@@ -173,8 +178,7 @@ def train(cfg: dict, mesh=None) -> dict:
     best = dict(meta.get("best_metric") or {})
     main_key = (cfg.get("Metric") or {}).get("main_indicator", "acc")
 
-    loss_fn = build_loss(cfg.get("Loss"))
-    train_step = make_train_step(comp.model, tx, loss_fn, mesh, comp.dtype)
+    train_step = comp.train_step(tx)
     eval_step = make_eval_step(comp.model, mesh, comp.dtype)
     ckpt = checkpoint.Checkpointer(save_dir)
     preemption = Preemption()
