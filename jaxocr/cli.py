@@ -36,6 +36,7 @@ def load(args) -> dict:
 def run(main):
     """Run `main()`; bad configs and missing files end with one clear line, not a traceback."""
     host_memory.restart_with_huge_pages()  # before importing JAX, which it would discard
+    from jaxocr import job_failure
     from jaxocr.distributed import LaunchError
     logging.basicConfig(level=logging.WARNING, format="[%(asctime)s] %(name)s %(levelname)s: "
                         "%(message)s", datefmt="%Y/%m/%d %H:%M:%S")
@@ -45,5 +46,11 @@ def run(main):
     except (ConfigError, FileNotFoundError, LaunchError) as e:
         if os.environ.get("JAXOCR_TRACEBACK"):
             raise
+        if job_failure.in_job():  # peers may be waiting for this process in a collective
+            job_failure.leave(e, code=2)
         print(f"jaxocr: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except Exception as e:
+        if job_failure.in_job():
+            job_failure.leave(e)
+        raise

@@ -20,6 +20,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
+from jaxocr import job_failure
+
 log = logging.getLogger("jaxocr")
 
 AXIS = "data"
@@ -91,7 +93,7 @@ def in_cluster_env() -> bool:
     return slurm or "OMPI_MCA_orte_hnp_uri" in os.environ
 
 
-def initialize(cluster: Cluster, init_timeout=300, heartbeat_timeout=100, shutdown_timeout=300):
+def initialize(cluster: Cluster, init_timeout=300, heartbeat_timeout=40, shutdown_timeout=300):
     """`jax.distributed.initialize` when the job has several processes; a clear error if the
     coordinator cannot be reached in time."""
     if not cluster.explicit and not in_cluster_env():
@@ -126,6 +128,12 @@ def initialize(cluster: Cluster, init_timeout=300, heartbeat_timeout=100, shutdo
             f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     if cluster.own_address:
         _bind_gloo_to(cluster.own_address)
+    try:
+        from jax._src import distributed as jdist
+        job_failure.announce(jdist.global_state.client, jax.process_index(),
+                             jdist.global_state.coordinator_address, init_timeout)
+    except Exception as e:  # private API, and only needed to name a lost peer
+        log.warning("peers cannot be probed (%s): a lost process will not be named", e)
     log.info("joined the job: process %d of %d (coordinator %s)", jax.process_index(),
              jax.process_count(), where)
 

@@ -18,6 +18,7 @@ import threading
 import time
 
 from jaxocr.distributed import ATTEMPT_ENV, PROGRESS_ENV
+from jaxocr.job_failure import LOST_PEER_EXIT
 
 log = logging.getLogger("jaxocr")
 
@@ -57,6 +58,7 @@ class Worker:
     def describe(self) -> str:
         rc = self.proc.returncode
         how = f"was killed by {signal.Signals(-rc).name}" if rc is not None and rc < 0 \
+            else "lost a process on another host" if rc == LOST_PEER_EXIT \
             else f"exited with code {rc}"
         return f"worker {self.rank} (pid {self.proc.pid}) {how}; see {self.log_path}"
 
@@ -129,7 +131,9 @@ class Supervisor:
     def _watch(self) -> tuple[int, str]:
         while True:
             codes = [w.proc.poll() for w in self.workers]
-            failed = [w for w, c in zip(self.workers, codes) if c not in (None, 0)]
+            # a worker that only lost a peer is not the culprit if the peer failed here too
+            failed = sorted((w for w, c in zip(self.workers, codes) if c not in (None, 0)),
+                            key=lambda w: (w.proc.returncode == LOST_PEER_EXIT, w.rank))
             if failed:
                 return 1, failed[0].describe() + (
                     "; the other workers were stopped" if len(self.workers) > 1 else "")

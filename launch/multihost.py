@@ -31,8 +31,9 @@ def parser():
                    help="on CPU: simulated devices per worker process")
     g.add_argument("--log_dir", default="./log", help="workerlog.N files (with --nproc_per_host)")
     g.add_argument("--init_timeout", type=int, default=300, help="seconds to join the job")
-    g.add_argument("--heartbeat_timeout", type=int, default=100,
-                   help="seconds before a silent peer is declared dead")
+    g.add_argument("--heartbeat_timeout", type=int, default=40,
+                   help="seconds before a silent peer is declared dead (where a collective "
+                        "with a dead peer blocks rather than fails, as NCCL's may)")
     g.add_argument("--shutdown_timeout", type=int, default=300)
     g.add_argument("--stall_timeout", type=float, default=900,
                    help="with --nproc_per_host: end the job if a worker makes no step for this "
