@@ -1,15 +1,16 @@
 import os
 
-import jax
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Tests build the same programs many times (train, stop, resume; every worker process of every
+# multi-process test): reuse compilations, here and in the processes the tests start.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(ROOT, ".pytest_cache", "jax"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+
+import jax  # noqa: E402  (reads the settings above)
 
 # Four simulated CPU devices for the data-parallel tests; must be set before any backend use.
 jax.config.update("jax_num_cpu_devices", 4)
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-# Tests build the same programs several times (train, stop, resume): reuse compilations.
-jax.config.update("jax_compilation_cache_dir", os.path.join(ROOT, ".pytest_cache", "jax"))
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 TINY = [  # the real CRNN code at its smallest scale, few samples: fast on 2 cores
     "Architecture.Backbone.model_name=small", "Architecture.Backbone.scale=0.35",

@@ -25,11 +25,13 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from jaxocr.models.backbones.mobilenet_v3 import MobileNetV3
+from jaxocr.models.backbones.svtrnet import SVTRNet
 from jaxocr.models.heads.ctc import CTCHead
 from jaxocr.models.necks.rnn import SequenceEncoder
+from jaxocr.models.transforms.stn import STN_ON
 
-TRANSFORMS: dict[str, type[nn.Module]] = {}
-BACKBONES: dict[str, type[nn.Module]] = {"MobileNetV3": MobileNetV3}
+TRANSFORMS: dict[str, type[nn.Module]] = {"STN_ON": STN_ON}
+BACKBONES: dict[str, type[nn.Module]] = {"MobileNetV3": MobileNetV3, "SVTRNet": SVTRNet}
 NECKS: dict[str, type[nn.Module]] = {"SequenceEncoder": SequenceEncoder}
 HEADS: dict[str, type[nn.Module]] = {"CTCHead": CTCHead}
 

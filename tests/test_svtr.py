@@ -1,0 +1,141 @@
+"""SVTR-Tiny (configs/rec/rec_svtrnet.yml): STN_ON + SVTRNet + CTCHead, against PaddleOCR."""
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from jaxocr.config import load_config
+from jaxocr.models import build_model
+from jaxocr.models.backbones.svtrnet import adaptive_avg_pool_matrix, local_attention_mask
+from jaxocr.models.transforms.stn import (_ctrl_points, grid_sample, resize_align_corners_matrix,
+                                          tps_matrices)
+from jaxocr.training.optimizer import _decay_mask
+
+SVTR = os.path.join(ROOT, "configs/rec/rec_svtrnet.yml")
+
+
+def _count(tree):
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+def svtr_arch(**backbone):
+    arch = load_config(SVTR)["Architecture"]
+    arch["Head"]["out_channels"] = 37  # 0-9a-z + blank
+    arch["Backbone"].update(backbone)
+    return arch
+
+
+def test_svtr_tiny_has_paddleocrs_shapes_and_parameter_count():
+    model = build_model(svtr_arch())
+    x = jax.ShapeDtypeStruct((2, 64, 256, 3), jnp.float32)  # SVTRRecResizeImg [3, 64, 256]
+    variables = jax.eval_shape(lambda k, x: model.init(k, x, train=False), jax.random.PRNGKey(0), x)
+    params = variables["params"]
+    # Paddle's layers, trainable parameters (BN running statistics are buffers there too):
+    # STN: convs 3-32-64-128-256-256-256 (3x3, bias, BN) 1,570,560 + fc1 512x512 + BN1D 263,680
+    #      + fc2 512x40 20,520
+    assert _count(params["transform"]) == 1_854_760
+    # SVTRNet: patch embed 19,584 + pos_embed 200x64 + blocks 12d^2 + 13d each (3 at 64, 6 at
+    # 128, 3 at 256) + patch merging 74,112 + 295,680 + final LN 512 + last conv 256x192
+    assert _count(params["backbone"]) == 4_160_704
+    assert _count(params["head"]) == 192 * 37 + 37
+    assert _count(params) == 6_022_605
+    assert params["backbone"]["pos_embed"].shape == (1, 200, 64)
+    assert params["backbone"]["blocks2_5"]["mixer"]["qkv"]["fc"]["kernel"].shape == (128, 384)
+    assert params["transform"]["stn_head"]["fc1"]["kernel"].shape == (512, 512)
+    out = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)
+    assert out.shape == (2, 25, 37)
+
+
+def test_local_mixer_mask_is_paddles_window():
+    h, w, kh, kw = 4, 25, 7, 11
+    # Paddle's construction: a zero window on a padded canvas per token, cropped, 0 -> 0, 1 -> -inf
+    canvas = np.ones((h * w, h + kh - 1, w + kw - 1), np.float32)
+    for i in range(h):
+        for j in range(w):
+            canvas[i * w + j, i:i + kh, j:j + kw] = 0.0
+    paddle = canvas[:, kh // 2:h + kh // 2, kw // 2:w + kw // 2].reshape(h * w, h * w)
+    paddle = np.where(paddle < 1, paddle, -np.inf)
+    np.testing.assert_array_equal(local_attention_mask(h, w, kh, kw), paddle)
+
+
+def test_adaptive_pool_bins_follow_paddle():
+    m = adaptive_avg_pool_matrix(25, 25)
+    np.testing.assert_array_equal(m, np.eye(25))
+    m = adaptive_avg_pool_matrix(5, 3)  # bins [0,2) [1,4) [3,5)
+    np.testing.assert_allclose(m[:, 1], [0, 1 / 3, 1 / 3, 1 / 3, 0])
+    np.testing.assert_allclose(m.sum(0), 1.0)
+
+
+def test_tps_with_the_target_points_as_source_is_an_aligned_resize():
+    """Source control points equal to the target ones make the TPS the identity map, so the
+    output is the input resized (align_corners) to the output size."""
+    out_hw, n, margins = (32, 100), 20, (0.05, 0.05)
+    inverse_kernel, target_repr = tps_matrices(out_hw, n, margins)
+    ctrl = np.concatenate([_ctrl_points(n, *margins), np.zeros((3, 2))]).astype(np.float32)
+    grid = (target_repr @ (inverse_kernel @ ctrl)).reshape(1, *out_hw, 2)
+    image = jax.random.normal(jax.random.PRNGKey(0), (1, 64, 256, 3))
+    warped = grid_sample(image, jnp.asarray(grid))
+    ry, rx = resize_align_corners_matrix(64, 32), resize_align_corners_matrix(256, 100)
+    resized = np.einsum("oh,bhwc,pw->bopc", ry, np.asarray(image), rx)
+    np.testing.assert_allclose(np.asarray(warped), resized, atol=1e-4)
+
+
+def test_adamw_skips_norms_pos_embed_and_one_dim_parameters():
+    model = build_model(svtr_arch())
+    x = jax.ShapeDtypeStruct((1, 64, 256, 3), jnp.float32)
+    params = jax.eval_shape(lambda k, x: model.init(k, x), jax.random.PRNGKey(0), x)["params"]
+    cfg = load_config(SVTR)["Optimizer"]
+    mask = _decay_mask(params, cfg)
+    b = mask["backbone"]
+    assert b["blocks1_0"]["mixer"]["qkv"]["fc"]["kernel"] is True
+    assert b["blocks1_0"]["mixer"]["qkv"]["fc"]["bias"] is False      # one-dimensional
+    assert b["blocks1_0"]["norm1"]["scale"] is False
+    assert b["pos_embed"] is False
+    assert b["sub_sample1_conv"]["kernel"] is True
+    assert mask["transform"]["stn_head"]["conv0"]["kernel"] is True
+    assert mask["head"]["fc"]["kernel"] is True
+
+
+@pytest.fixture(scope="module")
+def small_svtr():
+    """The real SVTR code at a small size (narrow, one block per stage), for training tests."""
+    return svtr_arch(embed_dim=[32, 64, 96], depth=[1, 1, 1], num_heads=[2, 2, 4],
+                     mixer=["Local", "Local", "Global"])
+
+
+def test_svtr_learns_a_batch_with_dropout_and_drop_path(small_svtr):
+    import optax
+    from jaxocr.losses.ctc import ctc_loss
+    model = build_model(small_svtr)
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(4, 64, 256, 3)).astype(np.float32))
+    labels = jnp.asarray(rng.integers(1, 37, size=(4, 25)))
+    lengths = jnp.asarray([3, 5, 4, 6])
+    labels = jnp.where(jnp.arange(25)[None] < lengths[:, None], labels, 0)
+    variables = model.init(jax.random.PRNGKey(0), x)
+    tx = optax.adam(1e-3)
+    opt = tx.init(variables["params"])
+
+    @jax.jit
+    def step(params, stats, opt, key):
+        def loss_fn(p):
+            logits, upd = model.apply({"params": p, "batch_stats": stats}, x, train=True,
+                                      mutable=["batch_stats"], rngs={"dropout": key})
+            return ctc_loss(logits, labels, lengths).mean(), upd["batch_stats"]
+        (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt = tx.update(grads, opt, params)
+        return optax.apply_updates(params, updates), stats, opt, loss
+
+    params, stats = variables["params"], variables["batch_stats"]
+    losses = []
+    for i in range(30):
+        params, stats, opt, loss = step(params, stats, opt, jax.random.PRNGKey(i))
+        losses.append(float(loss))
+    assert np.isfinite(losses).all()
+    assert losses[-1] < 0.5 * losses[0], losses
+    # eval mode is deterministic (no dropout) and gives probabilities
+    probs = model.apply({"params": params, "batch_stats": stats}, x, train=False)
+    np.testing.assert_allclose(np.asarray(probs.sum(-1)), 1.0, rtol=1e-5)
