@@ -72,15 +72,18 @@ def test_adaptive_pool_bins_follow_paddle():
 def test_tps_with_the_target_points_as_source_is_an_aligned_resize():
     """Source control points equal to the target ones make the TPS the identity map, so the
     output is the input resized (align_corners) to the output size."""
-    out_hw, n, margins = (32, 100), 20, (0.05, 0.05)
-    inverse_kernel, target_repr = tps_matrices(out_hw, n, margins)
+    (h, w), n, margins = (32, 100), 20, (0.05, 0.05)
+    inverse_kernel, target_repr = tps_matrices((h, w), n, margins)
     ctrl = np.concatenate([_ctrl_points(n, *margins), np.zeros((3, 2))]).astype(np.float32)
-    grid = (target_repr @ (inverse_kernel @ ctrl)).reshape(1, *out_hw, 2)
+    grid = (target_repr @ (inverse_kernel @ ctrl)).reshape(1, h, w, 2)
+    ys, xs = np.meshgrid(np.linspace(0, 1, h), np.linspace(0, 1, w), indexing="ij")
+    identity = np.stack([xs, ys], axis=-1)[None]
+    np.testing.assert_allclose(grid, identity, atol=2e-5)  # float32 solve of the TPS system
     image = jax.random.normal(jax.random.PRNGKey(0), (1, 64, 256, 3))
-    warped = grid_sample(image, jnp.asarray(grid))
-    ry, rx = resize_align_corners_matrix(64, 32), resize_align_corners_matrix(256, 100)
+    warped = grid_sample(image, jnp.asarray(identity, jnp.float32))
+    ry, rx = resize_align_corners_matrix(64, h), resize_align_corners_matrix(256, w)
     resized = np.einsum("oh,bhwc,pw->bopc", ry, np.asarray(image), rx)
-    np.testing.assert_allclose(np.asarray(warped), resized, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(warped), resized, atol=1e-4)  # float32 coordinates
 
 
 def test_adamw_skips_norms_pos_embed_and_one_dim_parameters():
@@ -139,3 +142,24 @@ def test_svtr_learns_a_batch_with_dropout_and_drop_path(small_svtr):
     # eval mode is deterministic (no dropout) and gives probabilities
     probs = model.apply({"params": params, "batch_stats": stats}, x, train=False)
     np.testing.assert_allclose(np.asarray(probs.sum(-1)), 1.0, rtol=1e-5)
+
+
+def test_rec_svtrnet_config_trains_and_evaluates_from_the_command_line(tmp_path):
+    """PaddleOCR's SVTR-Tiny config as shipped (AdamW, cosine warm-up, SVTRRecResizeImg 64x256,
+    STN), on the built-in renderer instead of the LMDBs."""
+    import subprocess
+    import sys
+    r = subprocess.run(
+        [sys.executable, "launch/multihost.py", "-c", SVTR, "-o",
+         "Train.dataset.name=SynthTextLine", "Eval.dataset.name=SynthTextLine",
+         "Train.dataset.num_samples=32", "Eval.dataset.num_samples=6",
+         "Train.loader.batch_size_per_card=4", "Eval.loader.batch_size_per_card=4",
+         "Train.loader.num_workers=1", "Eval.loader.num_workers=1", "Global.max_steps=4",
+         "Global.print_batch_step=2", "Global.eval_batch_step=[0,4]",
+         f"Global.save_model_dir={tmp_path}"],
+        capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = r.stdout + r.stderr
+    assert "params: 6022605" in out
+    assert "global_step: 4," in out and "cur metric, acc:" in out
+    assert os.path.isdir(tmp_path / "latest")
