@@ -40,6 +40,9 @@ def test_coupled_l2_with_head_fc_decay_and_no_bn_decay():
     assert factors["backbone"]["conv"]["kernel"] == 0.1
     assert factors["backbone"]["BatchNorm_0"]["scale"] == 0.0
     assert factors["head"]["fc"]["kernel"] == 0.5
+    # a CTCHead without fc_decay keeps Paddle's default (SVTR's config relies on it)
+    default = l2_factors(params, {"name": "AdamW"}, {"Head": {"name": "CTCHead"}})
+    assert default["head"]["fc"]["kernel"] == 0.0004 and default["backbone"]["conv"]["kernel"] == 0
     # SGD lr 1 with zero gradient: the update is exactly -factor * w
     tx, _ = build_optimizer({"name": "SGD", "lr": {"learning_rate": 1.0},
                              "regularizer": {"name": "L2", "factor": 0.1}}, arch, params, 1, 1)

@@ -2,7 +2,8 @@
 
 Schedules step once per iteration and count `steps_per_epoch` per card, as PaddleOCR does.
 `regularizer: {name: L2, factor}` is coupled L2 (grad += factor * w) with per-parameter
-overrides: the CTC head's `fc_decay`, and no decay on BatchNorm scale and bias.
+overrides: the CTC head's `fc_decay` (default 0.0004, as Paddle's CTCHead), and no decay on
+BatchNorm scale and bias.
 """
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import math
 import jax
 import jax.numpy as jnp
 import optax
+
+from jaxocr.models.heads.ctc import CTCHead
 
 
 def build_schedule(lr_cfg, steps_per_epoch: int, epoch_num: int):
@@ -61,7 +64,10 @@ def l2_factors(params, opt_cfg: dict, arch_cfg: dict):
     """Per-parameter coupled-L2 factor, PaddleOCR's ParamAttr precedence."""
     reg = opt_cfg.get("regularizer") or {}
     base = float(reg.get("factor", 0.0)) if reg.get("name", "L2") in ("L2", "l2") else 0.0
-    head_decay = (arch_cfg.get("Head") or {}).get("fc_decay")
+    head = arch_cfg.get("Head") or {}
+    # CTCHead attaches L2Decay(fc_decay) to its weights whether or not the config names it, and
+    # Paddle applies a parameter's own regularizer under every optimizer, AdamW included
+    head_decay = head.get("fc_decay", CTCHead.fc_decay if head.get("name") == "CTCHead" else None)
 
     def factor(path, _):
         if _is_norm(path):
