@@ -48,6 +48,8 @@ def announce(client, process_id: int, coordinator: str, timeout_s: float):
     ip = _local_ip_towards(coordinator)
     _listener = socket.create_server((ip, 0), family=socket.AF_INET6 if ":" in ip
                                      else socket.AF_INET, backlog=128)
+    # a forked child (a data-loader worker) must not keep answering for a dead parent
+    os.register_at_fork(after_in_child=_listener.close)
     port = _listener.getsockname()[1]
     client.key_value_set(f"{KEY}{process_id}",
                          f"{ip}:{port} {socket.gethostname()} pid {os.getpid()}")
