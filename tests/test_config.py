@@ -57,3 +57,29 @@ def test_bad_override_syntax():
 def test_missing_config_file():
     with pytest.raises(ConfigError, match="nope.yml"):
         load_config("nope.yml")
+
+
+SHIPPED = {"rec_mv3_none_bilstm_ctc.yml": 1_451_787, "quickstart_crnn.yml": 1_451_787,
+           "rec_svtrnet.yml": 6_022_605, "quickstart_svtr.yml": 6_022_605}
+
+
+def test_every_shipped_config_is_listed_here():
+    assert sorted(os.listdir(os.path.join(ROOT, "configs/rec"))) == sorted(SHIPPED)
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_every_shipped_config_builds_its_model(name):
+    import jax
+    import numpy as np
+    from jaxocr.data.charset import CharacterDict
+    from jaxocr.models import build_model
+    cfg = load_config(os.path.join(ROOT, "configs/rec", name))
+    resize = [t for t in cfg["Train"]["dataset"]["transforms"]
+              if list(t)[0] in ("RecResizeImg", "SVTRRecResizeImg")][0]
+    _, h, w = list(resize.values())[0]["image_shape"]
+    arch = cfg["Architecture"]
+    arch["Head"]["out_channels"] = CharacterDict.from_config(cfg["Global"]).num_classes
+    model = build_model(arch)
+    x = jax.ShapeDtypeStruct((1, h, w, 3), np.float32)
+    params = jax.eval_shape(lambda k, x: model.init(k, x), jax.random.PRNGKey(0), x)["params"]
+    assert sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params)) == SHIPPED[name]
