@@ -149,7 +149,8 @@ class Supervisor:
         """When the job stops stepping, peers of a stuck worker block in its collective too;
         the stuck one is the worker whose step is behind (the others dispatched further)."""
         seen = [(w, w.progress()) for w in self.workers if w.proc.poll() is None]
-        seen = [(w, p) for w, p in seen if p is not None]
+        if any(p is None for _, p in seen):  # still starting: one may compile slower than another,
+            return None                      # while the first ones wait for it in step 1
         if not any(idle > self.stall_timeout for _, (_, idle) in seen):
             return None
         w, (step, idle) = min(seen, key=lambda wp: (wp[1][0], -wp[1][1]))

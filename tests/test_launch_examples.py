@@ -183,3 +183,26 @@ def test_the_check_rejects_unknown_and_abbreviated_flags(spelling):
     argv = ["-c", "configs/rec/quickstart_crnn.yml", spelling, "1"]
     with pytest.raises(SystemExit):
         _parser().parse_args(argv)
+
+
+def test_stall_watch_waits_for_every_worker_to_start_then_blames_the_one_behind(tmp_path):
+    from jaxocr.launcher import Supervisor
+
+    class FakeWorker:
+        def __init__(self, rank, progress):
+            self.rank, self._progress = rank, progress
+            self.proc = type("P", (), {"pid": 100 + rank, "poll": lambda self: None})()
+            self.log_path = f"log/workerlog.{rank}"
+
+        def progress(self):
+            return self._progress
+
+    sup = Supervisor([], str(tmp_path), stall_timeout=15)
+    # worker 0 finished compiling and waits in step 1 for worker 1, still compiling: no stall
+    sup.workers = [FakeWorker(0, (1, 40.0)), FakeWorker(1, None)]
+    assert sup._stalled() is None
+    # both stepping, worker 1 stuck at step 3 while worker 0 dispatched step 4
+    sup.workers = [FakeWorker(0, (4, 20.0)), FakeWorker(1, (3, 21.0))]
+    assert sup._stalled().startswith("worker 1 (pid 101) is stuck: no training step after step 3")
+    sup.workers = [FakeWorker(0, (4, 5.0)), FakeWorker(1, (3, 6.0))]
+    assert sup._stalled() is None
