@@ -38,12 +38,14 @@ def run(main):
     host_memory.restart_with_huge_pages()  # before importing JAX, which it would discard
     from jaxocr import job_failure
     from jaxocr.distributed import LaunchError
+    from jaxocr.training.checkpoint import CheckpointError, CheckpointSaveError
     logging.basicConfig(level=logging.WARNING, format="[%(asctime)s] %(name)s %(levelname)s: "
                         "%(message)s", datefmt="%Y/%m/%d %H:%M:%S")
     log.setLevel(logging.INFO)
     try:
         return main()
-    except (ConfigError, FileNotFoundError, LaunchError) as e:
+    except (ConfigError, FileNotFoundError, LaunchError, CheckpointError,
+            CheckpointSaveError) as e:
         if os.environ.get("JAXOCR_TRACEBACK"):
             raise
         if job_failure.in_job():  # peers may be waiting for this process in a collective

@@ -27,7 +27,7 @@ KNOWN = {
         "checkpoints", "infer_img", "character_dict_path", "character_type", "max_text_length",
         "use_space_char", "save_res_path", "seed", "use_sync_bn", "use_amp", "amp_dtype",
         "use_tensorboard", "conv_impl", "prefetch",
-        "auto_resume",
+        "auto_resume", "save_every_steps", "save_every_minutes", "compilation_cache_dir",
     },
     "Optimizer": {
         "name", "beta1", "beta2", "epsilon", "momentum", "lr", "regularizer", "clip_norm",
@@ -36,17 +36,17 @@ KNOWN = {
     },
     "Optimizer.lr": {
         "name", "learning_rate", "warmup_epoch", "decay_epochs", "values", "T_max", "eta_min",
-        "step_size", "gamma", "epochs", "end_lr", "power",
+        "step_size", "gamma", "end_lr", "power",
     },
     "Optimizer.regularizer": {"name", "factor"},
     "Loss": {"name", "use_focal_loss"},
     "PostProcess": {"name", "character_dict_path", "use_space_char"},
     "Metric": {"name", "main_indicator", "ignore_space", "is_filter"},
-    "Train": {"dataset", "loader", "sampler"},
+    "Train": {"dataset", "loader", "sampler"},  # sampler: rejected below unless empty
     "Eval": {"dataset", "loader", "sampler"},
     "Train.dataset": {
         "name", "data_dir", "label_file_list", "ratio_list", "delimiter", "transforms",
-        "num_samples", "seed", "min_len", "max_len", "fonts", "mixed_case",
+        "num_samples", "seed", "min_len", "max_len", "fonts", "mixed_case", "unknown_chars",
     },
     "Train.loader": {"shuffle", "drop_last", "batch_size_per_card", "num_workers", "worker_type"},
 }
@@ -62,6 +62,8 @@ IGNORED = {
         "uniform_output_enabled", "model_name", "return_all_feats", "use_shared_memory",
         "profiler_options", "auto_log", "save_log_path",
     },
+    # PaddleOCR overwrites lr.epochs with Global.epoch_num before building the schedule
+    "Optimizer.lr": {"epochs"},
     "Train.loader": {"use_shared_memory", "collate_fn"},
     "Train.dataset": {"ext_op_transform_idx", "ds_width"},
     "wandb": None,  # a whole top-level section
@@ -77,10 +79,11 @@ DEFAULTS = {
         "character_dict_path": None, "max_text_length": 25, "use_space_char": False,
         "seed": 1024, "use_sync_bn": False, "use_amp": False, "amp_dtype": "bfloat16",
         "use_tensorboard": True, "conv_impl": "auto", "prefetch": 2,
-        "auto_resume": True,
+        "auto_resume": True, "save_every_steps": None, "save_every_minutes": None,
+        "compilation_cache_dir": "auto",
     },
     "loader": {"shuffle": True, "drop_last": True, "batch_size_per_card": 256, "num_workers": 2,
-               "worker_type": "thread"},
+               "worker_type": "auto"},
 }
 
 
@@ -158,6 +161,17 @@ def validate(cfg: dict) -> None:
                 ignored.append(f"{path}.{key}")
                 continue
             raise ConfigError(_unknown(f"{path}.{key}", allowed | skip))
+    for mode in ("Train", "Eval"):
+        sampler = (cfg.get(mode) or {}).get("sampler")
+        if sampler:
+            name = sampler.get("name", "?") if isinstance(sampler, dict) else sampler
+            raise ConfigError(f"{mode}.sampler ({name}): "
+                              "samplers are not supported yet (one input shape per run); "
+                              "remove the key")
+    post = (cfg.get("PostProcess") or {}).get("name", "CTCLabelDecode")
+    if post != "CTCLabelDecode":
+        raise ConfigError(f"PostProcess.name: {post!r} is not supported; jaxocr's recognisers "
+                          "decode with CTCLabelDecode")
     if ignored:
         log.info("ignoring PaddleOCR keys that mean nothing in jaxocr: %s", ", ".join(ignored))
 

@@ -10,6 +10,7 @@ import numpy as np
 from jaxocr.data.transforms import BadSample, build_transforms
 from jaxocr.postprocess import best_path, ctc_greedy_decode
 from jaxocr.training.loop import Components
+from jaxocr.training.step import logits_of, model_input
 
 log = logging.getLogger("jaxocr")
 
@@ -37,15 +38,16 @@ def recognize(cfg: dict, batch_size: int = 64):
     samples = _prepare(paths, transform)
     if not samples:
         return
-    state, _ = comp.restore_for_inference(samples[0][1].shape)
+    state, _ = comp.restore_for_inference(samples[0][1]["image"].shape)
     variables = jax.device_put({"params": state.params, "batch_stats": state.batch_stats}, device)
-    forward = jax.jit(lambda v, x: best_path(comp.model.apply(v, x.astype(comp.dtype), train=False)))
+    forward = jax.jit(lambda v, batch: best_path(logits_of(comp.model.apply(
+        v, model_input(batch, comp.dtype), train=False))))
     for start in range(0, len(samples), batch_size):
         chunk = samples[start:start + batch_size]
-        images = np.stack([img for _, img in chunk])
         pad = batch_size - len(chunk)  # one compiled shape for every batch
-        images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
-        ids, probs = forward(variables, jax.device_put(images, device))
+        batch = {k: np.stack([s[k] for _, s in chunk] + [np.zeros_like(chunk[0][1][k])] * pad)
+                 for k in chunk[0][1]}
+        ids, probs = forward(variables, jax.device_put(batch, device))
         decoded = ctc_greedy_decode(np.asarray(ids)[:len(chunk)], np.asarray(probs)[:len(chunk)],
                                     comp.charset)
         for (path, _), (text, score) in zip(chunk, decoded):
@@ -63,7 +65,7 @@ def _prepare(paths, transform):
             log.warning("skipped %s: %s", path, e)
             skipped += 1
             continue
-        samples.append((path, out["image"]))
+        samples.append((path, {k: out[k] for k in ("image", "valid_width") if k in out}))
     if skipped:
         log.warning("%d unreadable images skipped", skipped)
     return samples

@@ -3,8 +3,9 @@
     python launch/bench.py train -c CFG [--steps 20 --warmup 3] [-o ...] [--json PATH]
         steady-state training speed: images/s, data wait / compute / host split, compile time,
         GFLOP/s; --profile DIR adds a trace and the time per part of the model
-    python launch/bench.py data -c CFG [--workers 1,2] [--batches 20]
-        the input pipeline alone, images/s per worker count
+    python launch/bench.py data -c CFG [--workers 1,2] [--batches 20] [--png N] [--no_augment]
+        the input pipeline alone: images/s per worker count, per core, scaling; --png N reads
+        N PNG files through a label file (decode + resize with --no_augment)
     python launch/bench.py converge -c configs/rec/quickstart_crnn.yml [--json PATH]
         train the config to the end, then evaluate the final weights: wall time and accuracy
     python launch/bench.py scaling -c CFG [--processes 1,2] [--project 32,100 [--step_s S]]
@@ -143,19 +144,74 @@ def _forever(loader, comp, prefetch):
         epoch += 1
 
 
-def data_speed(cfg, workers: list[int], batches: int) -> dict:
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def png_dataset(cfg, n: int, directory: str | None) -> None:
+    """Points Train.dataset at a SimpleDataSet of `n` PNG text lines (rendered once into
+    `directory`, reused when it already holds them)."""
+    import tempfile
     from jaxocr.data.charset import CharacterDict
-    from jaxocr.data.pipeline import Loader
+    from jaxocr.data.fixtures import write_label_file_dataset
+    directory = directory or os.path.join(tempfile.gettempdir(), f"jaxocr_bench_png_{n}")
+    label_file = os.path.join(directory, "label.txt")
+    if not os.path.exists(label_file):
+        chars = set(CharacterDict.from_config(cfg["Global"]).characters)
+        text = "".join(c for c in "0123456789abcdefghijklmnopqrstuvwxyz" if c in chars)
+        write_label_file_dataset(directory, n, text or "0123456789", seed=0)
+    ds = cfg["Train"]["dataset"]
+    cfg["Train"]["dataset"] = {"name": "SimpleDataSet", "data_dir": directory,
+                               "label_file_list": [label_file],
+                               "transforms": ds.get("transforms")}
+
+
+def data_speed(cfg, workers: list[int], batches: int, png: int = 0, png_dir: str | None = None,
+               no_augment: bool = False) -> dict:
+    """images/s of the host pipeline (decode, transforms, batching) per worker count, per core
+    used (min(workers, usable cores)) and relative to the first worker count."""
+    from jaxocr.data.charset import CharacterDict
+    from jaxocr.data.pipeline import Loader, usable_cores
     from jaxocr.distributed import data_mesh
-    out = {}
+    if png:
+        png_dataset(cfg, png, png_dir)
+    ops = cfg["Train"]["dataset"].get("transforms") or []
+    if no_augment:
+        ops = [op for op in ops
+               if not (isinstance(op, dict) and "RecAug" in op) and op != "RecAug"]
+        cfg["Train"]["dataset"]["transforms"] = ops
+    cfg["Global"]["epoch_num"] = 10 ** 6  # the stream never ends within the measurement
+    cores = usable_cores()
+    out = {"dataset": cfg["Train"]["dataset"]["name"],
+           "transforms": [next(iter(op)) if isinstance(op, dict) else op for op in ops]}
+    first = None
     for n in workers:
         cfg["Train"]["loader"]["num_workers"] = n
         loader = Loader(cfg, "Train", CharacterDict.from_config(cfg["Global"]), data_mesh())
-        it = loader.host_batches(0)
-        next(it)  # start-up (worker processes, first decode) is not throughput
+        out["worker_type"] = loader.worker_type
+        it = loader.host_stream(0)
+        for _ in range(2 * max(1, n)):  # start-up (every worker's first batch) is not throughput
+            next(it)
         t0 = time.perf_counter()
         count = sum(1 for _, _ in zip(range(batches), it))
-        out[f"workers_{n}"] = count * loader.local_batch / (time.perf_counter() - t0)
+        rate = count * loader.local_batch / (time.perf_counter() - t0)
+        it.close()
+        loader.close()
+        first = first or rate
+        out[f"workers_{n}"] = rate
+        out[f"per_core_{n}"] = rate / max(1, min(n, cores))
+        out[f"scaling_{n}"] = rate / first
+        print(f"workers {n} ({loader.worker_type}): {rate:,.0f} images/s, "
+              f"{out[f'per_core_{n}']:,.0f} per core, x{rate / first:.2f}", flush=True)
+    out["usable_cores"] = cores
+    out["cpu_model"] = cpu_model()
     out["machine"] = machine()
     return out
 
@@ -244,6 +300,12 @@ def main():
         if name == "data":
             sp.add_argument("--workers", default="1,2")
             sp.add_argument("--batches", type=int, default=20)
+            sp.add_argument("--png", type=int, default=0, metavar="N",
+                            help="read N PNG files through a SimpleDataSet label file "
+                                 "(rendered once into --png_dir) instead of the config's data")
+            sp.add_argument("--png_dir", default=None)
+            sp.add_argument("--no_augment", action="store_true",
+                            help="drop RecAug from the transforms (decode + resize only)")
         if name == "scaling":
             sp.add_argument("--processes", default="1,2",
                             help="process counts to measure, e.g. 1,2 ('' to only project)")
@@ -268,7 +330,8 @@ def main():
         out = train_speed(cfg, args.steps, args.warmup, sync_grads=not args.lockstep_only,
                           allreduce_probe=args.allreduce_probe, profile_dir=args.profile)
     elif args.command == "data":
-        out = data_speed(cfg, [int(w) for w in args.workers.split(",")], args.batches)
+        out = data_speed(cfg, [int(w) for w in args.workers.split(",")], args.batches,
+                         png=args.png, png_dir=args.png_dir, no_augment=args.no_augment)
     elif args.command == "scaling":
         out = scaling(args, cfg)
     else:

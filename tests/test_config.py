@@ -47,6 +47,39 @@ def test_paddle_only_keys_are_accepted_and_logged(caplog):
     assert "Global.use_gpu" in caplog.text and "Global.use_visualdl" in caplog.text
 
 
+def test_keys_that_would_change_training_are_honoured_or_refused(caplog):
+    with pytest.raises(ConfigError, match="Train.sampler .MultiScaleSampler"):
+        load_config(CRNN, ["Train.sampler.name=MultiScaleSampler"])
+    with pytest.raises(ConfigError, match="PostProcess.name: 'AttnLabelDecode'"):
+        load_config(CRNN, ["PostProcess.name=AttnLabelDecode"])
+    with caplog.at_level("INFO", logger="jaxocr"):
+        load_config(CRNN, ["Optimizer.lr.epochs=5"])
+    assert "Optimizer.lr.epochs" in caplog.text  # PaddleOCR overwrites it with epoch_num
+    from jaxocr.training.loop import compute_dtype
+    cfg = load_config(CRNN, ["Global.use_amp=true", "Global.amp_dtype=float16"])
+    with pytest.raises(ConfigError, match="amp_dtype: 'float16'"):
+        compute_dtype(cfg["Global"])
+    import jax.numpy as jnp
+    assert compute_dtype(load_config(CRNN, ["Global.use_amp=true"])["Global"]) == jnp.bfloat16
+
+
+def test_compilation_cache_under_the_run_directory(tmp_path, monkeypatch):
+    import jax
+    from jaxocr.training.loop import enable_compilation_cache
+    before = jax.config.jax_compilation_cache_dir
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+    try:
+        enable_compilation_cache({"compilation_cache_dir": "auto"}, str(tmp_path))
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "compile_cache")
+        enable_compilation_cache({"compilation_cache_dir": str(tmp_path / "c")}, str(tmp_path))
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "c")
+        jax.config.update("jax_compilation_cache_dir", before)
+        enable_compilation_cache({"compilation_cache_dir": None}, str(tmp_path))
+        assert jax.config.jax_compilation_cache_dir == before
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before)
+
+
 def test_bad_override_syntax():
     with pytest.raises(ConfigError, match="Key.sub=value"):
         apply_override({}, "Global.epoch_num")

@@ -32,7 +32,12 @@ def test_default_charset_encode_decode():
     assert cs.num_classes == 37 and len(cs.characters) == 36
     assert cs.encode("a0z") == [11, 1, 36]
     assert cs.encode("AbC") == cs.encode("abc") == [11, 12, 13]  # lower-cased
-    assert cs.encode("ab-c") is None and cs.encode("a b") is None
+    assert cs.encode("ab-c") is None and cs.encode("a b") is None  # strict by default
+    assert cs.encode("Ab-c", skip_unknown=True) == [11, 12, 13]  # PaddleOCR's: skipped
+    assert cs.encode_label("ab-c", 25) == ([11, 12, 13], None)
+    assert cs.encode_label("ab-c", 25, "drop") == (None, "unknown_char")
+    assert cs.encode_label("-#", 25) == (None, "unknown_char")  # nothing left
+    assert cs.encode_label("", 25) == (None, "empty")
     assert cs.decode([0, 11, 0, 12, 13, 0, 0]) == "abc"
     assert cs.decode([99, -1, 1]) == "0"  # out of range skipped
     assert cs.decode(cs.encode("hello42")) == "hello42"
@@ -109,19 +114,19 @@ def test_simple_dataset_filters_and_bad_images(tmp_path):
         f.write("images/missing.png\tabc\n")                    # missing image file
         f.write("\n")                                           # blank: ignored
     cs = CharacterDict()
-    src = build_source({"name": "SimpleDataSet", "data_dir": str(tmp_path),
-                        "label_file_list": [label_file]}, "train", cs, G, seed=0)
+    cfg = {"name": "SimpleDataSet", "data_dir": str(tmp_path), "label_file_list": [label_file]}
+    src = build_source(cfg, "train", cs, G, seed=0)
     assert isinstance(src, SimpleDataSet)
-    assert src.dropped == {"unknown_char": 3, "too_long": 1, "malformed": 1}
-    assert len(src) == 30 - 3 + 1
+    # PaddleOCR's default: the 3 labels with a character outside the dictionary are kept, the
+    # character skipped; the missing image is found at build time
+    assert src.dropped == {"too_long": 1, "malformed": 1, "missing_image": 1}
+    assert src.chars_removed == 3 and sum(src.removed_chars.values()) == 3
+    assert len(src) == src.num_entries == 30
+    assert "images/missing.png" not in src.paths
 
     transform = build_transforms(REC_OPS, cs, G)
-    bad_decode, good = 0, 0
+    bad_decode, good, shortened = 0, 0, 0
     for i in range(len(src)):
-        if src.paths[i] == "images/missing.png":
-            with pytest.raises(BadSample, match="missing.png"):
-                src.load(i)
-            continue
         sample = src.load(i)
         assert isinstance(sample["image_bytes"], bytes)
         try:
@@ -131,8 +136,24 @@ def test_simple_dataset_filters_and_bad_images(tmp_path):
             bad_decode += 1
             continue
         good += 1
-        assert cs.decode(out["label"][:out["length"]]) == src.labels[i]
-    assert bad_decode == 2 and good == 30 - 3 - 2
+        kept = "".join(c for c in src.labels[i] if c in cs)
+        shortened += kept != src.labels[i]
+        assert cs.decode(out["label"][:out["length"]]) == kept
+    assert bad_decode == 2 and good == 30 - 2 and shortened >= 1
+
+    # an image that disappears after the build: BadSample in load (the pipeline substitutes)
+    os.remove(os.path.join(tmp_path, src.paths[5]))
+    with pytest.raises(BadSample, match=src.paths[5]):
+        src.load(5)
+
+    # unknown_chars: drop (jaxocr's earlier rule) drops those 3 samples instead
+    strict = build_source({**cfg, "unknown_chars": "drop"}, "train", cs, G, seed=0)
+    assert strict.dropped == {"unknown_char": 3, "too_long": 1, "malformed": 1,
+                              "missing_image": 2}
+    assert len(strict) == 30 - 3 - 1 and strict.chars_removed == 0
+    assert all(cs.encode(lab) is not None for lab in strict.labels)
+    with pytest.raises(ValueError, match="Eval.dataset.unknown_chars.*skip, drop"):
+        build_source({**cfg, "unknown_chars": "keep"}, "eval", cs, G, seed=0)
 
 
 def test_simple_dataset_ratio_and_missing_label_file(tmp_path):
@@ -143,7 +164,13 @@ def test_simple_dataset_ratio_and_missing_label_file(tmp_path):
     a = build_source(cfg, "train", cs, G, seed=1)
     b = build_source(cfg, "train", cs, G, seed=1)
     c = build_source(cfg, "train", cs, G, seed=2)
-    assert len(a) == 20 + 10 and a.paths == b.paths and a.paths != c.paths
+    # every line kept; each epoch draws round(40 * 0.5) + round(40 * 0.25) of them
+    assert a.num_entries == 80 and len(a) == 20 + 10 and a.paths == b.paths
+    for epoch in range(3):
+        ia = a.epoch_indices(epoch)
+        assert len(ia) == len(a) and np.array_equal(ia, b.epoch_indices(epoch))
+        assert not np.array_equal(ia, c.epoch_indices(epoch))
+    assert not np.array_equal(a.epoch_indices(0), a.epoch_indices(1))
     missing = str(tmp_path / "does_not_exist.txt")
     with pytest.raises(FileNotFoundError, match="does_not_exist.txt"):
         build_source({**cfg, "label_file_list": [label_file, missing]}, "train", cs, G, seed=1)
@@ -173,11 +200,17 @@ def test_lmdb_dataset_one_based_and_threads(tmp_path):
     assert isinstance(src, LMDBDataSet)
     root = os.path.realpath(tmp_path / "train")
     assert [os.path.relpath(d, root) for d in src.dirs] == ["a", "c", "sub/b"]
-    assert src.dropped == {"unknown_char": 2, "missing_label": 1}
-    assert len(src) == 10 + 1 + 5
-    kept_a = [lab for lab in labels_a if cs.encode(lab) is not None]
+    # the 2 labels with an outside character are kept (PaddleOCR), the character skipped later
+    assert src.dropped == {"missing_label": 1} and src.chars_removed == 2
+    assert len(src) == src.num_entries == 12 + 1 + 5
+    assert np.array_equal(src.epoch_indices(3), np.arange(len(src)))
     got = [src.load(i)["label"] for i in range(len(src))]
-    assert got == kept_a + ["zz9"] + labels_b
+    assert got == labels_a + ["zz9"] + labels_b
+    strict = build_source({"name": "LMDBDataSet", "data_dir": str(tmp_path / "train"),
+                           "unknown_chars": "drop"}, "train", cs, G, seed=0)
+    assert strict.dropped == {"unknown_char": 2, "missing_label": 1} and len(strict) == 16
+    kept_a = [lab for lab in labels_a if cs.encode(lab) is not None]
+    assert [strict.load(i)["label"] for i in range(16)] == kept_a + ["zz9"] + labels_b
     # key 1 is the first sample: its image is SynthTextLine's sample 0
     first = cv2.imdecode(np.frombuffer(src.load(0)["image_bytes"], np.uint8), cv2.IMREAD_COLOR)
     ref, ref_label = SynthTextLine(ALNUM, 12, seed=5, mixed_case=False).render(0)
@@ -209,6 +242,8 @@ def test_synth_source_from_config():
     train = build_source({"name": "SynthTextLine", "num_samples": 20}, "train", cs, G, seed=4)
     evals = build_source({"name": "SynthTextLine"}, "eval", cs, G, seed=4)
     assert len(train) == 20 and len(evals) == 1000 and train.dropped == {}
+    assert isinstance(train, SynthTextLine) and train.num_entries == 20
+    assert np.array_equal(train.epoch_indices(5), np.arange(20)) and train.chars_removed == 0
     assert train.load(0)["label"] != evals.load(0)["label"] or \
         not np.array_equal(train.load(0)["image"], evals.load(0)["image"])
     with pytest.raises(ValueError, match="max_text_length"):
@@ -234,7 +269,8 @@ def test_rec_resize_img_exact():
     wide = np.full((10, 400, 3), 128, np.uint8)
     data = RecResizeImg([3, 32, 100])({"image": wide})
     assert data["image"].shape == (32, 100, 3) and data["valid_ratio"] == 1.0
-    assert np.allclose(data["image"], 128 / 255 * 2 - 1, atol=1e-6)
+    assert data["image"].dtype == np.uint8 and np.all(data["image"] == 128)
+    assert data["valid_width"] == 100  # normalised on the device: (128/255 - 0.5) / 0.5
     gray = RecResizeImg([1, 32, 100])({"image": wide})["image"]
     assert gray.shape == (32, 100, 1)
 
@@ -283,9 +319,9 @@ def test_full_rec_chain_and_infer_mode():
         for source in ({"image": sample["image"], "label": sample["label"]},
                        {"image_bytes": png.tobytes(), "label": sample["label"]}):
             out = transform(source, np.random.default_rng(i))
-            assert list(out) == ["image", "label", "length"]
-            assert out["image"].shape == (32, 100, 3) and out["image"].dtype == np.float32
-            assert out["image"].min() >= -1.0 and out["image"].max() <= 1.0
+            assert list(out) == ["image", "label", "length", "valid_width"]
+            assert out["image"].shape == (32, 100, 3) and out["image"].dtype == np.uint8
+            assert 0 < out["valid_width"] <= 100 and np.all(out["image"][:, out["valid_width"]:] == 0)
             assert out["label"].shape == (25,) and out["label"].dtype == np.int32
             n = int(out["length"])
             assert n == len(sample["label"]) and np.all(out["label"][n:] == 0)
@@ -293,11 +329,15 @@ def test_full_rec_chain_and_infer_mode():
 
     infer = build_transforms(REC_OPS, cs, G, infer=True)
     out = infer({"image_bytes": png.tobytes()}, np.random.default_rng(0))
-    assert list(out) == ["image"] and out["image"].shape == (32, 100, 3)
+    assert list(out) == ["image", "valid_width"] and out["image"].shape == (32, 100, 3)
     with pytest.raises(BadSample, match="decode"):
         infer({"image_bytes": b"not an image"}, np.random.default_rng(0))
-    with pytest.raises(BadSample, match="outside the dictionary"):
-        transform({"image": sample["image"], "label": "ab#"}, np.random.default_rng(0))
+    # PaddleOCR's CTCLabelEncode skips characters outside the dictionary...
+    out = transform({"image": sample["image"], "label": "aB#c"}, np.random.default_rng(0))
+    assert int(out["length"]) == 3 and cs.decode(out["label"]) == "abc"
+    # ...and rejects a label with nothing left
+    with pytest.raises(BadSample, match="outside the dictionary.*no character is left"):
+        transform({"image": sample["image"], "label": "#@"}, np.random.default_rng(0))
     with pytest.raises(ValueError, match="FancyAug.*DecodeImage"):
         build_transforms([{"FancyAug": None}], cs, G)
     with pytest.raises(ValueError, match="RecAug.*blurr_prob"):

@@ -197,3 +197,15 @@ def test_small_default_strides_on_32px_input_give_clear_error():
     x = jax.ShapeDtypeStruct((1, 32, 100, 3), jnp.float32)
     with pytest.raises(ValueError, match="small_stride"):
         jax.eval_shape(lambda k, x: m.init(k, x, train=False), jax.random.PRNGKey(0), x)
+
+
+def test_lstm_cell_state_stays_float32_under_bfloat16():
+    from jaxocr.models.necks.rnn import lstm_recurrence
+    xw = jnp.zeros((2, 5, 16), jnp.bfloat16)
+    w = jnp.zeros((16, 4), jnp.bfloat16)
+    jaxpr = jax.make_jaxpr(lambda a, b: lstm_recurrence(a, b))(xw, w)
+    scan = next(e for e in jaxpr.jaxpr.eqns if e.primitive.name == "scan")
+    carry = scan.params["num_carry"]
+    dtypes = sorted(str(v.aval.dtype) for v in scan.outvars[:carry])
+    assert dtypes == ["bfloat16", "float32"]  # h in the compute dtype, c in float32
+    assert lstm_recurrence(xw, w).dtype == jnp.bfloat16

@@ -59,6 +59,6 @@ def test_workers_deliver_the_same_batches(tmp_path, worker_type):
     got = list(other.host_batches(1))
     assert len(got) == len(ref) == 8
     for a, b in zip(ref, got):
-        assert a["image"].shape == (8, 32, 100, 3) and a["image"].dtype == np.float32
-        for key in ("image", "label", "length"):
+        assert a["image"].shape == (8, 32, 100, 3) and a["image"].dtype == np.uint8
+        for key in ("image", "valid_width", "label", "length", "mask"):
             np.testing.assert_array_equal(a[key], b[key])

@@ -37,16 +37,53 @@ def test_resume_equals_straight_run(tmp_path):
 
 
 def test_resume_on_another_device_count_continues_at_the_same_sample(tmp_path):
+    import optax
     from jaxocr.distributed import data_mesh
     from jaxocr.training import checkpoint
+    from jaxocr.training.optimizer import build_schedule
     from jaxocr.training.step import replicated
     first = train(tiny_config(tmp_path, "Global.max_steps=3"))  # 4 devices: global batch 8
-    resumed = train(tiny_config(tmp_path, "Global.max_steps=5"), mesh=data_mesh(jax.devices()[:2]))
-    assert resumed["global_step"] == 5
+    # 2 devices: global batch 4, 16 steps per epoch; sample 24 is step 6 here, not step 3
+    resumed = train(tiny_config(tmp_path, "Global.max_steps=8"), mesh=data_mesh(jax.devices()[:2]))
+    assert resumed["global_step"] == 8
+    cfg = tiny_config(tmp_path)
+    lr = build_schedule(cfg["Optimizer"]["lr"], 16, int(cfg["Global"]["epoch_num"]))
     with open(tmp_path / "train.log") as f:
-        assert "resuming with global batch 4 (was 8): epoch 1 from sample 24" in f.read()
+        text = f.read()
+    assert ("resuming with global batch 4 (was 8): epoch 1 from sample 24, which is step 6 of 8 "
+            f"here (it was step 3), lr {float(lr(6)):.6g}") in text
+    counts = [s.count for s in jax.tree.leaves(
+        resumed["state"].opt_state, is_leaf=lambda n: isinstance(n, optax.ScaleByScheduleState))
+        if isinstance(s, optax.ScaleByScheduleState)]
+    assert [int(c) for c in counts] == [8]  # the schedule ran steps 6 and 7 of this layout
+    assert resumed["train"]["lr"] == pytest.approx(float(lr(7)))
     _, meta = checkpoint.restore(str(tmp_path), first["state"], replicated(data_mesh()))
     assert (meta["data_epoch"], meta["data_offset"], meta["global_batch"]) == (0, 32, 4)
+
+
+def test_a_bigger_batch_past_half_way_does_not_stop_at_once(tmp_path):
+    from jaxocr.distributed import data_mesh
+    train(tiny_config(tmp_path, "Global.epoch_num=1", "Global.max_steps=10"),
+          mesh=data_mesh(jax.devices()[:1]))  # batch 2: 32 steps per epoch; step 10 = sample 20
+    resumed = train(tiny_config(tmp_path, "Global.epoch_num=1"))  # batch 8: sample 20 = step 2
+    assert resumed["global_step"] == 8  # the rest of the epoch: steps 3..8 of 8, not "finished"
+
+
+def test_train_log_reads_a_line_after_the_next_step_and_smooths_acc(caplog):
+    from jaxocr.training.loop import TrainLog
+    log = TrainLog({"log_smooth_window": 3, "cal_metric_during_train": True}, 2, 8, 1, None)
+    accs = [0.0, 0.5, 1.0, 1.0]
+    for a in accs:
+        log.add({"loss": jax.numpy.asarray(1.0), "metric": jax.numpy.asarray([8 * a, 0.0, 8.0])})
+    context = {"epoch": 0, "step": 4, "lr": 0.1, "batch_cost": 0.5, "reader_cost": 0.0,
+               "eta": 0, "skipped": 0}
+    with caplog.at_level("INFO", logger="jaxocr"):
+        log.start_line(context)
+        assert "global_step: 4" not in caplog.text  # copied to the host, not yet read
+        log.flush()
+    assert "global_step: 4" in caplog.text
+    assert log.last["acc"] == pytest.approx(1.0)  # the median of the last 3 steps' accuracy
+    assert log.last["norm_edit_dis"] == pytest.approx(1.0) and log.last["lr"] == 0.1
 
 
 def test_corrupt_images_and_unknown_labels_are_skipped_and_counted(tmp_path):
@@ -59,11 +96,14 @@ def test_corrupt_images_and_unknown_labels_are_skipped_and_counted(tmp_path):
            f"Eval.dataset.label_file_list=[{label_file}]", "Global.eval_batch_step=[0,3]"]
     result = train(tiny_config(tmp_path / "run", "Global.max_steps=3", *src))
     assert result["global_step"] == 3
-    assert sum(result["dropped_labels"].values()) == 3
-    assert result["skipped_images"] >= 2  # 27 usable labels, 24 drawn: both corrupt files hit
+    # PaddleOCR's default: the 3 labels lose their unknown character and stay
+    assert sum(result["dropped_labels"].values()) == 0
+    assert result["skipped_images"] >= 2  # 30 labels, 24 drawn: both corrupt files hit
     with open(tmp_path / "run" / "train.log") as f:
         text = f.read()
-    assert "skipped_images" in text and "labels dropped" in text and "cur metric" in text
+    assert "3 kept with characters outside the dictionary removed" in text
+    assert "skipped_images" in text and "cur metric" in text
+    assert "samples: 28" in text  # the eval set: 30, the 2 unreadable ones masked
 
 
 def _cli(*args):

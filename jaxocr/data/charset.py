@@ -6,9 +6,13 @@ PaddleOCR's `BaseRecLabelEncode` semantics: without `character_dict_path` the di
 its index but matches nothing), plus " " appended when `use_space_char` is set. A character
 listed twice maps to its last index, as in PaddleOCR.
 
-One deliberate difference: PaddleOCR's encoder silently skips characters that are not in the
-dictionary (training on a shortened label); here `encode` returns None so the sample is dropped
-and counted instead.
+Labels are encoded as PaddleOCR 2.7's `BaseRecLabelEncode.encode` does (`encode_label`): a
+label that is empty or longer than `max_text_length` *as written* (before lower-casing and before
+any character is removed) is rejected; characters outside the dictionary are skipped and the
+shortened label is kept; a label with nothing left is rejected. `unknown_chars="drop"` rejects
+a label with any character outside the dictionary instead (jaxocr's earlier behaviour, selected
+by the dataset key `unknown_chars: drop`). `encode(text)` itself is strict (None on any unknown
+character); `encode(text, skip_unknown=True)` skips them.
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import os
 from typing import Iterable
 
 DEFAULT_CHARACTERS = "0123456789abcdefghijklmnopqrstuvwxyz"
+UNKNOWN_CHARS_MODES = ("skip", "drop")  # dataset key `unknown_chars`; skip: PaddleOCR
 
 
 class CharacterDict:
@@ -69,13 +74,36 @@ class CharacterDict:
     def normalize(self, text: str) -> str:
         return text.lower() if self.lower else text
 
-    def encode(self, text: str) -> list[int] | None:
-        """Ids 1..N of `text`, or None if any character is outside the dictionary."""
+    def encode(self, text: str, skip_unknown: bool = False) -> list[int] | None:
+        """Ids 1..N of `text`. A character outside the dictionary makes it None, or with
+        `skip_unknown` is left out (PaddleOCR's encoder; the result may then be empty)."""
         index = self._index
+        if skip_unknown:
+            return [index[c] for c in self.normalize(text) if c in index]
         try:
             return [index[c] for c in self.normalize(text)]
         except KeyError:
             return None
+
+    def encode_label(self, text: str, max_text_length: int, unknown_chars: str = "skip"):
+        """(ids, problem) of a training label, as PaddleOCR 2.7's BaseRecLabelEncode.encode:
+        problem is None (ids usable) or why the label cannot be used, a `dropped` key:
+        'empty'; 'too_long' (more than `max_text_length` characters as written, checked before
+        any is removed, as PaddleOCR does); 'unknown_char' (with unknown_chars='skip': no
+        character left once those outside the dictionary are skipped; with 'drop': any
+        character outside the dictionary). With 'skip', `len(ids)` may be less than the label's
+        length: characters were removed."""
+        if unknown_chars not in UNKNOWN_CHARS_MODES:
+            raise ValueError(f"unknown_chars must be one of {UNKNOWN_CHARS_MODES}, "
+                             f"got {unknown_chars!r}")
+        if len(text) == 0:
+            return None, "empty"
+        if len(text) > max_text_length:
+            return None, "too_long"
+        ids = self.encode(text, skip_unknown=unknown_chars == "skip")
+        if not ids:
+            return None, "unknown_char"
+        return ids, None
 
     def unknown_chars(self, text: str) -> set[str]:
         return {c for c in self.normalize(text) if c not in self._index}

@@ -1,10 +1,28 @@
-"""Recognition dataset sources: `len(src)`, `src.load(i) -> {'image' | 'image_bytes', 'label'}`
-and `src.dropped`, the counts of labels filtered out when the source was built.
+"""Recognition dataset sources, built once per run from a `Train.dataset` / `Eval.dataset` section.
 
-Labels that cannot be trained on (a character outside the dictionary, longer than
-`Global.max_text_length`, empty) are removed here, once, and counted by reason, so a batch never
-loses a sample to its label. Images are read lazily in `load`; one that cannot be read raises
-`BadSample` (the pipeline substitutes another sample and counts it).
+Every source has
+- `num_entries`: how many samples it holds; `load(i)` takes a *raw* index 0 <= i < num_entries and
+  returns {'image' | 'image_bytes', 'label', ...} (the label as written in the data);
+- `epoch_indices(epoch)`: the int64 array of raw indices used in that epoch (ascending; the
+  loader shuffles). Always an array: `arange(num_entries)` unless SimpleDataSet's `ratio_list`
+  draws a subset, which is redrawn every epoch from (seed, epoch, file index) as PaddleOCR
+  rebuilds its train set each epoch; an evaluation keeps epoch 0's (PaddleOCR builds it once);
+- `len(src)`: the samples per epoch, `len(epoch_indices(e))` for every e (what steps_per_epoch is
+  counted from); equal to num_entries unless a ratio is below 1;
+- `dropped`: {reason: count} of the entries removed when the source was built, and
+  `chars_removed` / `removed_chars`: how many kept labels lost characters outside the dictionary
+  (and a Counter of those characters by labels holding them).
+
+Labels follow PaddleOCR 2.7's CTCLabelEncode (`CharacterDict.encode_label`), applied here once so
+that a batch never loses a sample to its label: characters outside the dictionary are skipped
+and the sample kept (`unknown_chars: drop` drops it instead, counted as 'unknown_char'); dropped
+are 'empty' labels, 'too_long' ones (more than Global.max_text_length characters as written),
+'unknown_char' (no character left), 'malformed' lines and, in training with `max_ctc_steps` (the
+model's T output frames), 'too_long_for_ctc' labels needing more frames than T (one per
+character plus a blank between equal neighbours): their CTC loss is huge but finite, a gradient
+spike. SimpleDataSet also stats every image at build time and drops the missing ones
+('missing_image', one warning). Images are read lazily in `load`; one that cannot be read then
+raises `BadSample` (the pipeline substitutes another sample and counts it).
 
 - SimpleDataSet: PaddleOCR label files, `rel/path<delimiter>label` per line.
 - LMDBDataSet: every directory under `data_dir` holding a `data.mdb`, keys `num-samples`,
@@ -17,10 +35,11 @@ import logging
 import os
 import threading
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from jaxocr.data.charset import CharacterDict
+from jaxocr.data.charset import UNKNOWN_CHARS_MODES, CharacterDict
 from jaxocr.data.synth import MAX_DEFAULT_LEN, SynthTextLine
 from jaxocr.data.transforms import BadSample
 
@@ -29,24 +48,90 @@ log = logging.getLogger("jaxocr")
 KNOWN_SOURCES = ("SimpleDataSet", "LMDBDataSet", "SynthTextLine")
 SYNTH_DEFAULT_SAMPLES = {"train": 10000, "eval": 1000}
 EVAL_SEED_OFFSET = 1_000_003  # the default synthetic Eval set differs from the Train set
+STAT_THREADS = 32    # image existence checks are I/O-bound (network file systems): many threads
+STAT_CHUNK = 1024    # paths per task, so the pool's overhead is per chunk, not per path
+MISSING_EXAMPLES = 5
 
 
-def label_problem(label: str, charset: CharacterDict, max_text_length: int) -> str | None:
-    """Why `label` cannot be trained on with CTC (a `dropped` key), or None if it can."""
-    if label == "":
-        return "empty"
-    ids = charset.encode(label)
-    if ids is None:
-        return "unknown_char"
-    if len(ids) > max_text_length:
-        return "too_long"
-    return None
+def ctc_frames_needed(ids) -> int:
+    """Output frames CTC needs to emit `ids`: one per id, plus a blank between equal neighbours."""
+    return len(ids) + sum(1 for a, b in zip(ids, ids[1:]) if a == b)
+
+
+class LabelFilter:
+    """The build-time label rule of one source (see the module docstring); counts what it did.
+    `filter(label)` is True when the sample is kept."""
+
+    def __init__(self, charset: CharacterDict, max_text_length: int, unknown_chars: str = "skip",
+                 max_ctc_steps: int | None = None):
+        if unknown_chars not in UNKNOWN_CHARS_MODES:
+            raise ValueError(f"unknown_chars must be one of {', '.join(UNKNOWN_CHARS_MODES)}, "
+                             f"got {unknown_chars!r}")
+        self.charset = charset
+        self.max_text_length = int(max_text_length)
+        self.unknown_chars = unknown_chars
+        self.max_ctc_steps = None if max_ctc_steps is None else int(max_ctc_steps)
+        self.dropped: Counter = Counter()
+        self.chars_removed = 0
+        self.removed_chars: Counter = Counter()
+
+    def __call__(self, label: str) -> bool:
+        cs = self.charset
+        ids, problem = cs.encode_label(label, self.max_text_length, self.unknown_chars)
+        if problem is None and self.max_ctc_steps is not None \
+                and ctc_frames_needed(ids) > self.max_ctc_steps:
+            problem = "too_long_for_ctc"
+        if problem is not None:
+            self.dropped[problem] += 1
+            return False
+        if len(ids) < len(cs.normalize(label)):
+            self.chars_removed += 1
+            self.removed_chars.update(cs.unknown_chars(label))
+        return True
+
+
+def missing_files(data_dir: str, rel_paths, threads: int = STAT_THREADS) -> set[str]:
+    """The distinct paths of `rel_paths` (relative to data_dir) that are not regular files,
+    checked with a thread pool, each task a chunk of STAT_CHUNK paths."""
+    unique = list(dict.fromkeys(rel_paths))
+
+    def check(chunk):
+        join, isfile = os.path.join, os.path.isfile
+        return [rel for rel in chunk if not isfile(join(data_dir, rel))]
+
+    chunks = [unique[k:k + STAT_CHUNK] for k in range(0, len(unique), STAT_CHUNK)]
+    missing: set[str] = set()
+    if len(chunks) <= 1 or threads <= 1:
+        for chunk in chunks:
+            missing.update(check(chunk))
+        return missing
+    with ThreadPoolExecutor(max_workers=min(threads, len(chunks)),
+                            thread_name_prefix="jaxocr-stat") as pool:
+        for found in pool.map(check, chunks):
+            missing.update(found)
+    return missing
+
+
+class _EveryEntryEachEpoch:
+    """epoch_indices / num_entries of a source that uses every entry in every epoch."""
+
+    @property
+    def num_entries(self) -> int:
+        return len(self)
+
+    def epoch_indices(self, epoch: int) -> np.ndarray:
+        return np.arange(self.num_entries, dtype=np.int64)
 
 
 # ----------------------------------------------------------------------------------------------
 class SimpleDataSet:
+    """PaddleOCR label files. Entries are the usable lines of every file, file by file in line
+    order (raw index = position in `paths` / `labels`). With `ratio_list`, each epoch uses
+    round(n_f * ratio_f) entries of file f (n_f: its usable entries), drawn afresh per epoch."""
+
     def __init__(self, data_dir: str, label_file_list, charset: CharacterDict,
-                 max_text_length: int, seed: int = 0, ratio_list=1.0, delimiter: str = "\t"):
+                 max_text_length: int, seed: int = 0, ratio_list=1.0, delimiter: str = "\t",
+                 unknown_chars: str = "skip", max_ctc_steps: int | None = None):
         if data_dir is None or data_dir == "":
             data_dir = "."
         self.data_dir = os.fspath(data_dir)
@@ -74,16 +159,15 @@ class SimpleDataSet:
         if missing:
             raise FileNotFoundError(f"SimpleDataSet label file(s) not found: {', '.join(missing)}")
 
-        dropped: Counter = Counter()
-        self.paths: list[str] = []
-        self.labels: list[str] = []
-        for file_index, (path, ratio) in enumerate(zip(files, ratios)):
+        keep = LabelFilter(charset, max_text_length, unknown_chars, max_ctc_steps)
+        dropped = keep.dropped
+        paths: list[str] = []
+        labels: list[str] = []
+        counts = []
+        for path in files:
+            before = len(paths)
             with open(path, "rb") as f:
                 lines = [ln for ln in f.read().splitlines() if ln.strip()]
-            if ratio < 1.0:  # seeded subsample, file order kept (the loader shuffles)
-                rng = np.random.default_rng([int(seed), file_index])
-                keep = rng.choice(len(lines), size=round(len(lines) * ratio), replace=False)
-                lines = [lines[k] for k in np.sort(keep)]
             for raw in lines:
                 try:
                     line = raw.decode("utf-8")
@@ -95,20 +179,62 @@ class SimpleDataSet:
                     dropped["malformed"] += 1
                     continue
                 # PaddleOCR takes the second field as the label (a third one is ignored)
-                rel, label = parts[0], parts[1]
-                problem = label_problem(label, charset, max_text_length)
-                if problem:
-                    dropped[problem] += 1
-                    continue
-                self.paths.append(rel)
-                self.labels.append(label)
-        self.dropped: dict[str, int] = dict(dropped)
+                if keep(parts[1]):
+                    paths.append(parts[0])
+                    labels.append(parts[1])
+            counts.append(len(paths) - before)
+
+        absent = missing_files(self.data_dir, paths)
+        if absent:
+            ok = [p not in absent for p in paths]
+            file_of = np.repeat(np.arange(len(files)), counts)[np.asarray(ok, bool)]
+            counts = np.bincount(file_of, minlength=len(files)).tolist()
+            n_missing = len(paths) - len(file_of)
+            dropped["missing_image"] += n_missing
+            shown = [os.path.join(self.data_dir, p) for p in paths if p in absent]
+            log.warning("SimpleDataSet: %d sample(s) dropped, their image file does not exist "
+                        "(%d distinct path(s)), e.g. %s", n_missing, len(absent),
+                        ", ".join(shown[:MISSING_EXAMPLES]))
+            paths = [p for p, k in zip(paths, ok) if k]
+            labels = [lab for lab, k in zip(labels, ok) if k]
+
+        self.paths, self.labels = paths, labels
         self.label_files = files
+        self.ratios = ratios
+        self.seed = int(seed)
+        self.file_sizes = [int(c) for c in counts]                 # usable entries per file
+        self.file_starts = np.concatenate([[0], np.cumsum(self.file_sizes)]).astype(np.int64)
+        self.per_epoch = [round(n * r) for n, r in zip(self.file_sizes, ratios)]
+        self.dropped: dict[str, int] = dict(dropped)
+        self.chars_removed = keep.chars_removed
+        self.removed_chars = keep.removed_chars
+
+    @property
+    def num_entries(self) -> int:
+        return len(self.paths)
 
     def __len__(self) -> int:
-        return len(self.labels)
+        """Samples per epoch: sum over files of round(usable entries * ratio)."""
+        return sum(self.per_epoch)
+
+    def epoch_indices(self, epoch: int) -> np.ndarray:
+        """Ascending raw indices of the epoch: all of a file with ratio 1, else round(n * ratio)
+        of its n entries drawn without replacement from (seed, epoch, file index) alone."""
+        epoch = int(epoch)
+        if epoch < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        parts = []
+        for f, (n, k) in enumerate(zip(self.file_sizes, self.per_epoch)):
+            start = self.file_starts[f]
+            if k == n:
+                parts.append(np.arange(start, start + n, dtype=np.int64))
+            elif k > 0:
+                rng = np.random.default_rng([self.seed, epoch, f])
+                parts.append(start + np.sort(rng.choice(n, size=k, replace=False)))
+        return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
     def load(self, i: int) -> dict:
+        """Sample at raw index i (0 <= i < num_entries; see epoch_indices)."""
         path = os.path.join(self.data_dir, self.paths[i])
         try:
             with open(path, "rb") as f:
@@ -118,7 +244,8 @@ class SimpleDataSet:
         return {"image_bytes": data, "label": self.labels[i], "img_path": path}
 
     def __repr__(self) -> str:
-        return f"SimpleDataSet({len(self)} samples from {self.label_files}, dropped {self.dropped})"
+        return (f"SimpleDataSet({len(self)} samples per epoch of {self.num_entries} from "
+                f"{self.label_files}, dropped {self.dropped})")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -166,8 +293,9 @@ def find_lmdb_dirs(data_dir: str) -> list[str]:
     return found
 
 
-def _scan_labels(path: str, charset: CharacterDict, max_text_length: int, dropped: Counter):
-    """(num-samples, bool[n+1] of usable 1-based keys) of one LMDB; problems added to dropped.
+
+def _scan_labels(path: str, keep: LabelFilter):
+    """(num-samples, bool[n+1] of usable 1-based keys) of one LMDB; problems counted by `keep`.
     Labels are walked with one cursor in key order (fast even for millions)."""
     with lmdb_env(path).begin(buffers=False) as txn:
         raw = txn.get(b"num-samples")
@@ -190,22 +318,21 @@ def _scan_labels(path: str, charset: CharacterDict, max_text_length: int, droppe
             try:
                 label = value.decode("utf-8")
             except UnicodeDecodeError:
-                dropped["malformed"] += 1
+                keep.dropped["malformed"] += 1
                 continue
-            problem = label_problem(label, charset, max_text_length)
-            if problem:
-                dropped[problem] += 1
-            else:
+            if keep(label):
                 ok[idx] = True
     return n, ok
 
 
-class LMDBDataSet:
+class LMDBDataSet(_EveryEntryEachEpoch):
     """Read-only LMDBs. Environments are opened once per process (again after a fork, lazily)
     and shared by its threads and sources; each `load` reads in its own transaction. Only
-    paths and index arrays are kept (labels are re-read in `load`), so it pickles small."""
+    paths and index arrays are kept (labels are re-read in `load`), so it pickles small.
+    Raw index i is the i-th usable key, LMDB by LMDB (sorted paths) in key order."""
 
-    def __init__(self, data_dir: str, charset: CharacterDict, max_text_length: int):
+    def __init__(self, data_dir: str, charset: CharacterDict, max_text_length: int,
+                 unknown_chars: str = "skip", max_ctc_steps: int | None = None):
         if not data_dir or not os.path.isdir(data_dir):
             raise FileNotFoundError(f"LMDBDataSet data_dir not found: {data_dir}")
         self.data_dir = os.fspath(data_dir)
@@ -213,22 +340,25 @@ class LMDBDataSet:
         if not self.dirs:
             raise FileNotFoundError(f"LMDBDataSet: no LMDB (a directory with data.mdb) under "
                                     f"{self.data_dir}")
-        dropped: Counter = Counter()
+        keep = LabelFilter(charset, max_text_length, unknown_chars, max_ctc_steps)
         env_ids, key_ids = [], []
         self.sizes = []
         for k, d in enumerate(self.dirs):
-            n, ok = _scan_labels(d, charset, max_text_length, dropped)
+            n, ok = _scan_labels(d, keep)
             present = np.flatnonzero(ok)
             env_ids.append(np.full(len(present), k, np.int32))
             key_ids.append(present.astype(np.int64))
             self.sizes.append(n)
         self._env_of = np.concatenate(env_ids)
         self._key_of = np.concatenate(key_ids)
+        dropped = keep.dropped
         total = sum(self.sizes)
         unaccounted = total - len(self._key_of) - sum(dropped.values())  # no label-N key
         if unaccounted > 0:
             dropped["missing_label"] += unaccounted
         self.dropped: dict[str, int] = dict(dropped)
+        self.chars_removed = keep.chars_removed
+        self.removed_chars = keep.removed_chars
 
     def __len__(self) -> int:
         return len(self._key_of)
@@ -248,21 +378,55 @@ class LMDBDataSet:
                 f"{self.data_dir}, dropped {self.dropped})")
 
 
+class SynthSource(_EveryEntryEachEpoch, SynthTextLine):
+    """SynthTextLine as a source: every label is drawn from the dictionary, nothing is dropped."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.chars_removed = 0
+        self.removed_chars: Counter = Counter()
+
+
 # ----------------------------------------------------------------------------------------------
+def _log_summary(src, mode: str):
+    section = f"{mode.capitalize()}.dataset"
+    per_epoch, entries = len(src), src.num_entries
+    size = (f"{per_epoch} samples" if per_epoch == entries
+            else f"{per_epoch} samples per epoch (of {entries}, ratio_list)")
+    removed = f"{src.chars_removed} kept with characters outside the dictionary removed"
+    if src.removed_chars:
+        common = src.removed_chars.most_common(10)
+        removed += " (" + ", ".join(f"{c!r} in {n}" for c, n in common) + \
+            (", ..." if len(src.removed_chars) > len(common) else "") + ")"
+    dropped = ", ".join(f"{k}={v}" for k, v in sorted(src.dropped.items())) or "none"
+    log.info("%s %s: %s; %s; dropped: %s", section, type(src).__name__, size, removed, dropped)
+
+
 def build_source(dataset_cfg: dict, mode: str, charset: CharacterDict, global_cfg: dict,
-                 seed: int):
-    """The dataset of a `Train.dataset` / `Eval.dataset` config section; mode 'train'|'eval'."""
+                 seed: int, max_ctc_steps: int | None = None):
+    """The dataset of a `Train.dataset` / `Eval.dataset` config section; mode 'train'|'eval'.
+
+    `max_ctc_steps`: the model's CTC output frames T; in train mode labels needing more are
+    dropped ('too_long_for_ctc'); evaluation keeps them (they are simply recognised wrongly).
+    Logs one line: samples, labels kept with characters removed, drops by reason."""
     name = dataset_cfg.get("name")
     mode = str(mode).lower()
     max_len = int(global_cfg.get("max_text_length", 25))
+    unknown = dataset_cfg.get("unknown_chars", "skip")
+    if unknown not in UNKNOWN_CHARS_MODES:
+        raise ValueError(f"{mode.capitalize()}.dataset.unknown_chars must be one of "
+                         f"{', '.join(UNKNOWN_CHARS_MODES)}, got {unknown!r}")
+    ctc_steps = int(max_ctc_steps) if mode == "train" and max_ctc_steps is not None else None
     if name == "SimpleDataSet":
-        return SimpleDataSet(dataset_cfg.get("data_dir"), dataset_cfg.get("label_file_list"),
-                             charset, max_len, seed=seed,
-                             ratio_list=dataset_cfg.get("ratio_list", 1.0),
-                             delimiter=dataset_cfg.get("delimiter", "\t"))
-    if name == "LMDBDataSet":
-        return LMDBDataSet(dataset_cfg.get("data_dir"), charset, max_len)
-    if name == "SynthTextLine":
+        src = SimpleDataSet(dataset_cfg.get("data_dir"), dataset_cfg.get("label_file_list"),
+                            charset, max_len, seed=seed,
+                            ratio_list=dataset_cfg.get("ratio_list", 1.0),
+                            delimiter=dataset_cfg.get("delimiter", "\t"),
+                            unknown_chars=unknown, max_ctc_steps=ctc_steps)
+    elif name == "LMDBDataSet":
+        src = LMDBDataSet(dataset_cfg.get("data_dir"), charset, max_len, unknown_chars=unknown,
+                          max_ctc_steps=ctc_steps)
+    elif name == "SynthTextLine":
         ds_seed = dataset_cfg.get("seed")
         if ds_seed is None:
             ds_seed = int(seed) + (EVAL_SEED_OFFSET if mode == "eval" else 0)
@@ -271,11 +435,18 @@ def build_source(dataset_cfg: dict, mode: str, charset: CharacterDict, global_cf
         if max_text > max_len:
             raise ValueError(f"SynthTextLine: max_len {max_text} exceeds Global.max_text_length "
                              f"{max_len}")
+        if ctc_steps is not None and 2 * max_text - 1 > ctc_steps:
+            log.warning("SynthTextLine: max_len %d may draw labels needing up to %d CTC frames, "
+                        "more than the model's %d (rendered on the fly, they cannot be dropped "
+                        "at start)", max_text, 2 * max_text - 1, ctc_steps)
         num = dataset_cfg.get("num_samples")
         if num is None:
             num = SYNTH_DEFAULT_SAMPLES.get(mode, SYNTH_DEFAULT_SAMPLES["train"])
-        return SynthTextLine(charset, num_samples=int(num), seed=int(ds_seed),
-                             min_len=int(dataset_cfg.get("min_len", 1)), max_len=max_text,
-                             fonts=dataset_cfg.get("fonts"),
-                             mixed_case=dataset_cfg.get("mixed_case"))
-    raise ValueError(f"unknown dataset name {name!r}; known: {', '.join(KNOWN_SOURCES)}")
+        src = SynthSource(charset, num_samples=int(num), seed=int(ds_seed),
+                          min_len=int(dataset_cfg.get("min_len", 1)), max_len=max_text,
+                          fonts=dataset_cfg.get("fonts"),
+                          mixed_case=dataset_cfg.get("mixed_case"))
+    else:
+        raise ValueError(f"unknown dataset name {name!r}; known: {', '.join(KNOWN_SOURCES)}")
+    _log_summary(src, mode)
+    return src

@@ -8,7 +8,9 @@
 
 Every random choice comes from the `rng` passed in (the pipeline seeds it per sample), so a
 sample's augmentation is reproducible whatever the worker layout. Differences from PaddleOCR:
-images leave RecResizeImg as float32 HWC (JAX is NHWC), and a sample that cannot be used
+images leave RecResizeImg as uint8 HWC zero-padded on the right with their `valid_width` (JAX is
+NHWC; jaxocr/data/device_norm.py normalises them to PaddleOCR's floats on the device), and a
+sample that cannot be used
 raises `BadSample` (the pipeline substitutes another and counts it) instead of returning None.
 `tia_distort` / `tia_stretch` / `tia_perspective` are computed with vectorised `cv2.remap` /
 `cv2.warpPerspective` from the same random control points, not with PaddleOCR's
@@ -16,6 +18,7 @@ moving-least-squares warp.
 """
 from __future__ import annotations
 
+import logging
 import math
 from typing import Callable
 
@@ -207,6 +210,8 @@ class RecAug:
     invisible; raise them for stronger photometric augmentation.
     """
 
+    random = True  # draws from the per-sample rng
+
     def __init__(self, tia_prob: float = 0.4, crop_prob: float = 0.4, reverse_prob: float = 0.4,
                  noise_prob: float = 0.4, jitter_prob: float = 0.4, blur_prob: float = 0.4,
                  hsv_aug_prob: float = 0.4, use_tia: bool = True, aug_prob: float | None = None,
@@ -253,38 +258,54 @@ class RecAug:
 
 # ----------------------------------------------------------------------------------------------
 class CTCLabelEncode:
-    """label str -> int32 ids padded with 0 (blank) to Global.max_text_length, plus `length`."""
+    """label str -> int32 ids padded with 0 (blank) to Global.max_text_length, plus `length`.
 
-    def __init__(self, charset: CharacterDict, max_text_length: int):
+    Encodes as PaddleOCR 2.7's CTCLabelEncode (`CharacterDict.encode_label`): characters outside
+    the dictionary are skipped (`unknown_chars="drop"` rejects the label instead); an empty
+    label, one longer than max_text_length as written, or one with no character left raises
+    BadSample. The sources apply the same rule when they are built, so in training this only
+    sees labels that pass it."""
+
+    def __init__(self, charset: CharacterDict, max_text_length: int, unknown_chars: str = "skip"):
         self.charset = charset
         self.max_text_length = int(max_text_length)
+        self.unknown_chars = unknown_chars
+        charset.encode_label("", 0, unknown_chars)  # validates the mode
 
     def __call__(self, data: dict, rng=None) -> dict:
         text = data["label"]
-        ids = self.charset.encode(text)
-        if ids is None:
-            bad = "".join(sorted(self.charset.unknown_chars(text)))
-            raise BadSample(f"label {text!r} has characters outside the dictionary: {bad!r}")
-        if not ids:
+        ids, problem = self.charset.encode_label(text, self.max_text_length, self.unknown_chars)
+        if problem == "empty":
             raise BadSample("empty label")
-        if len(ids) > self.max_text_length:
+        if problem == "too_long":
             raise BadSample(f"label {text!r} is longer than max_text_length "
                             f"{self.max_text_length}")
+        if problem is not None:
+            bad = "".join(sorted(self.charset.unknown_chars(text)))
+            left = "no character is left" if self.unknown_chars == "skip" else "dropped"
+            raise BadSample(f"label {text!r} has characters outside the dictionary: {bad!r} "
+                            f"({left})")
         label = np.zeros(self.max_text_length, np.int32)
         label[:len(ids)] = ids
         data["label"] = label
         data["length"] = np.int32(len(ids))
         return data
 
+    def blank(self, data: dict) -> dict:
+        """A masked row's label: all blank, length 0."""
+        data["label"] = np.zeros(self.max_text_length, np.int32)
+        data["length"] = np.int32(0)
+        return data
+
 
 # ----------------------------------------------------------------------------------------------
-def resize_norm_img(img: np.ndarray, image_shape, padding: bool = True):
-    """PaddleOCR resize_norm_img, HWC out: keep aspect ratio with width
-    min(ceil(H*w/h), W), scale to [-1, 1], zero-pad on the right. Returns (img, valid_ratio)."""
+def _resized(img: np.ndarray, image_shape, padding: bool = True):
+    """cv2-resized image (uint8 HxWxC, C from image_shape) and its width: PaddleOCR's
+    resize_norm_img geometry, width min(ceil(H*w/h), W) (W without padding)."""
     c, H, W = (int(v) for v in image_shape)
     h, w = img.shape[:2]
     if padding:
-        resized_w = min(W, int(math.ceil(H * w / float(h))))
+        resized_w = max(1, min(W, int(math.ceil(H * w / float(h)))))
     else:
         resized_w = W
     resized = cv2.resize(img, (resized_w, H))  # bilinear, like PaddleOCR
@@ -294,6 +315,17 @@ def resize_norm_img(img: np.ndarray, image_shape, padding: bool = True):
         resized = resized[:, :, None]
     elif resized.ndim == 2:
         resized = cv2.cvtColor(resized, cv2.COLOR_GRAY2BGR)
+    return resized, resized_w
+
+
+def resize_norm_img(img: np.ndarray, image_shape, padding: bool = True):
+    """PaddleOCR resize_norm_img, HWC out: keep aspect ratio with width
+    min(ceil(H*w/h), W), scale to [-1, 1], zero-pad on the right. Returns (img, valid_ratio).
+
+    The reference for the device-side normalisation (jaxocr/data/device_norm.py); the
+    pipeline itself ships `resize_img`'s uint8 images."""
+    c, H, W = (int(v) for v in image_shape)
+    resized, resized_w = _resized(img, image_shape, padding)
     out = np.zeros((H, W, c), np.float32)
     resized = resized.astype(np.float32) / 255.0  # PaddleOCR's exact arithmetic
     resized -= 0.5
@@ -302,7 +334,38 @@ def resize_norm_img(img: np.ndarray, image_shape, padding: bool = True):
     return out, np.float32(min(1.0, resized_w / W))
 
 
+def resize_img(img: np.ndarray, image_shape, padding: bool = True):
+    """resize_norm_img without the normalisation: uint8 HxWxC zero-padded on the right, and the
+    resized width. `normalize_rec_images(image, valid_width)` on the device gives
+    resize_norm_img's floats (a quarter of the bytes to ship)."""
+    c, H, W = (int(v) for v in image_shape)
+    resized, resized_w = _resized(img, image_shape, padding)
+    if resized_w == W:
+        return np.ascontiguousarray(resized), resized_w
+    out = np.zeros((H, W, c), np.uint8)
+    out[:, :resized_w] = resized
+    return out, resized_w
+
+
+_LOGGED: set = set()
+
+
+def _log_once(msg: str, *args):
+    """One info line per process for each distinct message."""
+    key = msg % args
+    if key not in _LOGGED:
+        _LOGGED.add(key)
+        logging.getLogger("jaxocr").info(msg, *args)
+
+
 class RecResizeImg:
+    """image -> uint8 HxWxC (image_shape [C, H, W]) zero-padded on the right, `valid_width`
+    (int32, the resized width) and `valid_ratio` (float32, valid_width / W).
+
+    `eval_mode` / `infer_mode` (PaddleOCR 2.7: resize_norm_img_chinese) equal the padded resize
+    for images up to W/H wide and widen the canvas past W for wider ones; batches here have one
+    width, so they are the fixed-width resize (said once in the log)."""
+
     def __init__(self, image_shape, padding: bool = True, infer_mode: bool = False,
                  character_dict_path=None, eval_mode: bool = False):
         if len(image_shape) != 3:
@@ -311,6 +374,11 @@ class RecResizeImg:
         if self.image_shape[0] not in (1, 3):
             raise ValueError(f"RecResizeImg: C must be 1 or 3, got {self.image_shape[0]}")
         self.padding = bool(padding)
+        for name, value in (("eval_mode", eval_mode), ("infer_mode", infer_mode)):
+            if value:
+                _log_once("%s: %s=true (PaddleOCR's resize_norm_img_chinese) is the fixed-width "
+                          "resize to %s here: batches have one width, images wider than W/H "
+                          "are squeezed to W", type(self).__name__, name, self.image_shape)
 
     def __call__(self, data: dict, rng=None) -> dict:
         img = data["image"]
@@ -318,12 +386,23 @@ class RecResizeImg:
                 and img.shape[1] > 0):
             raise BadSample(f"RecResizeImg needs a decoded HxWxC image, got "
                             f"{getattr(img, 'shape', type(img))}")
-        data["image"], data["valid_ratio"] = resize_norm_img(img, self.image_shape, self.padding)
+        image, width = resize_img(img, self.image_shape, self.padding)
+        data["image"] = image
+        data["valid_width"] = np.int32(width)
+        data["valid_ratio"] = np.float32(min(1.0, width / self.image_shape[2]))
+        return data
+
+    def blank(self, data: dict) -> dict:
+        """The keys this op adds, for a masked row: a zero image of the configured shape."""
+        c, h, w = self.image_shape
+        data["image"] = np.zeros((h, w, c), np.uint8)
+        data["valid_width"] = np.int32(0)
+        data["valid_ratio"] = np.float32(0)
         return data
 
 
 class SVTRRecResizeImg(RecResizeImg):
-    """PaddleOCR's SVTRRecResizeImg: the same resize_norm_img (rec_svtrnet.yml: padding False)."""
+    """PaddleOCR's SVTRRecResizeImg: the same resize (rec_svtrnet.yml: padding False)."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -334,7 +413,15 @@ def _is_label_key(key: str) -> bool:
     return key in LABEL_KEYS or key.startswith("label_")
 
 
+# Keys the pipeline needs whatever a config's KeepKeys lists (PaddleOCR's configs list only
+# image/label/length): the device normalisation's valid width, the pipeline's row mask and count
+# of unreadable samples.
+INTERNAL_KEYS = ("valid_width", "mask", "bad")
+
+
 class KeepKeys:
+    """Keeps `keep_keys`, and always the pipeline's INTERNAL_KEYS that are present."""
+
     def __init__(self, keep_keys):
         if not keep_keys:
             raise ValueError("KeepKeys: keep_keys must be a non-empty list")
@@ -345,7 +432,14 @@ class KeepKeys:
         if missing:
             raise KeyError(f"KeepKeys: keys {missing} not produced by the transforms before it "
                            f"(have {sorted(data)})")
-        return {k: data[k] for k in self.keep_keys}
+        out = {k: data[k] for k in self.keep_keys}
+        for k in INTERNAL_KEYS:
+            if k in data and k not in out:
+                out[k] = data[k]
+        return out
+
+    def blank(self, data: dict) -> dict:
+        return {k: data[k] for k in (*self.keep_keys, *INTERNAL_KEYS) if k in data}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -374,11 +468,22 @@ OPS: dict[str, tuple[Callable, set[str]]] = {
 
 
 class Compose:
+    """`random`: whether any op draws from the rng (the pipeline builds a generator per sample
+    only then). `blank()`: the sample a masked row carries (zeros of every output key)."""
+
     def __init__(self, ops: list):
         self.ops = ops
+        self.random = any(getattr(op, "random", False) for op in ops)
+
+    def blank(self) -> dict:
+        data: dict = {}
+        for op in self.ops:
+            if hasattr(op, "blank"):
+                data = op.blank(data)
+        return data
 
     def __call__(self, data: dict, rng: np.random.Generator | None = None) -> dict:
-        if rng is None:
+        if rng is None and self.random:
             rng = np.random.default_rng(0)
         data = dict(data)  # the source's dict is not modified
         for op in self.ops:

@@ -19,17 +19,18 @@ import yaml
 
 from jaxocr.data.charset import CharacterDict
 from jaxocr.data.pipeline import Loader
-from jaxocr.config import config_hash
+from jaxocr.config import ConfigError, config_hash
 from jaxocr.distributed import (Preemption, Progress, check_same_config, data_mesh, is_main,
                                 local_rows, sum_across_processes)
 from jaxocr.losses import build_loss
 from jaxocr.metrics import build_metric
+from jaxocr.metrics.rec_device import canonical_ids
 from jaxocr.models import build_model
 from jaxocr.postprocess import ctc_greedy_decode, decode_labels
 from jaxocr.training import checkpoint
-from jaxocr.training.optimizer import build_optimizer
-from jaxocr.training.step import (batch_sharding, count_params, create_state, init_variables,
-                                  make_eval_step, make_train_step, replicated)
+from jaxocr.training.optimizer import build_optimizer, with_schedule_step
+from jaxocr.training.step import (TrainState, batch_sharding, count_params, create_state,
+                                  init_variables, make_eval_step, make_train_step, replicated)
 
 log = logging.getLogger("jaxocr")
 
@@ -67,12 +68,22 @@ class Components:
         head = cfg["Architecture"].setdefault("Head", {})
         if head.get("name", "CTCHead") == "CTCHead":
             head["out_channels"] = self.charset.num_classes
-        self.dtype = jnp.bfloat16 if g["use_amp"] else jnp.float32
+        self.dtype = compute_dtype(g)
         self.model = build_model(cfg["Architecture"],
                                  bn_axis_name="data" if g["use_sync_bn"] else None,
                                  dtype=self.dtype, conv_impl=g["conv_impl"])
         self.repl = replicated(self.mesh)
         self.batch_sharding = batch_sharding(self.mesh)
+        self.image_shape = input_shape(cfg)
+
+    def seq_len(self) -> int | None:
+        """CTC frames the model emits per image (None if the input shape is not configured)."""
+        if self.image_shape is None:
+            return None
+        x = jax.ShapeDtypeStruct((1, *self.image_shape), jnp.float32)
+        out, _ = jax.eval_shape(lambda x: self.model.init_with_output(
+            jax.random.PRNGKey(0), x, train=False), x)
+        return int(out.shape[1])
 
     def build_state(self, image_shape, steps_per_epoch: int = 1):
         """A fresh train state and its optimizer: (state, tx, schedule)."""
@@ -82,31 +93,63 @@ class Components:
                                        variables["params"], steps_per_epoch, int(g["epoch_num"]))
         return create_state(variables, tx, int(g["seed"])), tx, schedule
 
+    def metric_table(self):
+        """RecMetric's class table for the on-device train metric, or None when not asked for."""
+        if not self.cfg["Global"]["cal_metric_during_train"]:
+            return None
+        return canonical_ids(self.charset, build_metric(self.cfg.get("Metric")))
+
     def train_step(self, tx, sync_grads: bool = True):
         """The compiled data-parallel step for this config's model, loss and compute dtype."""
         return make_train_step(self.model, tx, build_loss(self.cfg.get("Loss")), self.mesh,
-                               self.dtype, sync_grads=sync_grads)
+                               self.dtype, sync_grads=sync_grads,
+                               metric_table=self.metric_table())
 
     def restore_for_inference(self, image_shape):
-        """Params and BN stats from `Global.checkpoints`, replicated over the mesh."""
+        """Params and BN stats from `Global.checkpoints`, replicated over the mesh; the
+        optimizer section of the config plays no part."""
         path = self.cfg["Global"].get("checkpoints") or self.cfg["Global"].get("pretrained_model")
         if not path:
             raise ValueError("set Global.checkpoints=DIR (a run directory, latest/ or best_accuracy/)")
-        state, _, _ = self.build_state(image_shape)
-        state, meta = checkpoint.restore(path, state, self.repl)
+        variables = init_variables(self.model, image_shape, int(self.cfg["Global"]["seed"]))
+        variables = {"params": variables["params"],
+                     "batch_stats": variables.get("batch_stats", {})}
+        variables, meta = checkpoint.restore_weights(path, variables, self.repl)
+        state = TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
+                           batch_stats=variables["batch_stats"], opt_state=(),
+                           rng=jax.random.PRNGKey(0))
         return state, meta
 
     def eval_loader(self):
         return Loader(self.cfg, "Eval", self.charset, self.mesh)
 
 
+def compute_dtype(g: dict):
+    if not g["use_amp"]:
+        return jnp.float32
+    if str(g.get("amp_dtype", "bfloat16")) != "bfloat16":
+        raise ConfigError(f"Global.amp_dtype: {g['amp_dtype']!r} is not supported; use bfloat16 "
+                          "(float16 would need loss scaling, which jaxocr does not do)")
+    return jnp.bfloat16
+
+
+def input_shape(cfg: dict) -> tuple[int, int, int] | None:
+    """(H, W, C) of the Train images, from the config's resize op."""
+    for op in cfg["Train"]["dataset"].get("transforms") or []:
+        if isinstance(op, dict) and len(op) == 1:
+            (name, kw), = op.items()
+            if name in ("RecResizeImg", "SVTRRecResizeImg") and kw and kw.get("image_shape"):
+                c, h, w = (int(v) for v in kw["image_shape"])
+                return h, w, c
+    return None
+
+
 def evaluate(comp: Components, state, eval_step, loader: Loader) -> dict:
     """Exact over the whole eval set: every process its shard, padding masked, sums reduced."""
     metric = build_metric(comp.cfg.get("Metric"))
     t0 = time.perf_counter()
-    it = loader.batches(0, 0, comp.batch_sharding)
-    for device, host in it:
-        ids, probs = eval_step(state, device["image"])
+    for device, host in loader.batches(0, 0, comp.batch_sharding):
+        ids, probs = eval_step(state, device)
         preds = ctc_greedy_decode(local_rows(ids), local_rows(probs), comp.charset)
         targets = decode_labels(host["label"], host["length"], comp.charset)
         metric.update([p for p, _ in preds], targets, host["mask"])
@@ -115,6 +158,7 @@ def evaluate(comp: Components, state, eval_step, loader: Loader) -> dict:
     n = metric.sums[2]
     result = {k: float(v) for k, v in metric.get_metric().items()}
     result["fps"] = float(n / max(elapsed, 1e-9))
+    result["samples"] = int(round(n))
     return result
 
 
@@ -131,10 +175,77 @@ def _fmt(metrics: dict) -> str:
                      for k, v in metrics.items())
 
 
+class TrainLog:
+    """PaddleOCR's log line, without stalling the step: the losses and metric sums of the steps
+    since the last line are copied to the host asynchronously and read after the next step has
+    been dispatched. Values are medians over the last `log_smooth_window` steps, as PaddleOCR's
+    TrainingStats (its acc too: each step's batch accuracy, smoothed)."""
+
+    def __init__(self, g: dict, per_card: int, global_batch: int, epoch_num: int, writer):
+        self.windows = collections.defaultdict(
+            lambda: collections.deque(maxlen=int(g["log_smooth_window"])))
+        self.per_card, self.global_batch, self.epoch_num = per_card, global_batch, epoch_num
+        self.with_metric = bool(g["cal_metric_during_train"])
+        self.writer = writer
+        self.pending: list = []   # device outputs of the steps since the last line
+        self.ready = None         # a line's outputs in flight to the host, with its context
+        self.last: dict = {}
+
+    def add(self, out):
+        self.pending.append(out)
+
+    def start_line(self, context: dict):
+        for out in self.pending:
+            for x in jax.tree.leaves(out):
+                x.copy_to_host_async()
+        self.flush()
+        self.ready, self.pending = (self.pending, context), []
+
+    def flush(self):
+        if self.ready is None:
+            return
+        outs, c = self.ready
+        self.ready = None
+        for out in jax.device_get(outs):
+            self.windows["loss"].append(float(out["loss"]))
+            if self.with_metric:
+                correct, dist, n = (float(v) for v in out["metric"])
+                self.windows["acc"].append(correct / max(n, 1e-12))
+                self.windows["norm_edit_dis"].append(1 - dist / max(n, 1e-12))
+        last = {"lr": c["lr"]}
+        last.update({k: float(np.median(w)) for k, w in self.windows.items()})
+        self.last = last
+        line = (f"epoch: [{c['epoch'] + 1}/{self.epoch_num}], global_step: {c['step']}, "
+                f"{_fmt(last)}, avg_reader_cost: {c['reader_cost']:.5f} s, "
+                f"avg_batch_cost: {c['batch_cost']:.5f} s, avg_samples: {self.per_card}, "
+                f"ips: {self.per_card / c['batch_cost']:.5f} samples/s, "
+                f"eta: {datetime.timedelta(seconds=int(c['eta']))}")
+        if c["skipped"]:
+            line += f", skipped_images: {c['skipped']}"
+        log.info(line)
+        if self.writer:
+            for k, v in last.items():
+                self.writer.add_scalar(f"train/{k}", v, c["step"])
+            self.writer.add_scalar("train/ips_total", self.global_batch / c["batch_cost"],
+                                   c["step"])
+
+
+def enable_compilation_cache(g: dict, save_dir: str):
+    """A restart of the run loads its compiled steps instead of compiling again.
+    `Global.compilation_cache_dir`: auto (under the run directory), a path, or null (off);
+    $JAX_COMPILATION_CACHE_DIR, when set, wins."""
+    where = g.get("compilation_cache_dir", "auto")
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR") or not where:
+        return
+    path = os.path.join(save_dir, "compile_cache") if where == "auto" else str(where)
+    jax.config.update("jax_compilation_cache_dir", os.path.abspath(path))
+
+
 def train(cfg: dict, mesh=None) -> dict:
     g = cfg["Global"]
     save_dir = g["save_model_dir"]
     setup_logging(save_dir, main=is_main())
+    enable_compilation_cache(g, save_dir)
     if is_main():
         with open(os.path.join(save_dir, "config.yml"), "w") as f:
             yaml.safe_dump(cfg, f, sort_keys=False)
@@ -146,14 +257,14 @@ def train(cfg: dict, mesh=None) -> dict:
     mesh = comp.mesh
     log.info("devices: %d (%d per process x %d processes, backend %s)", mesh.size,
              jax.local_device_count(), jax.process_count(), jax.default_backend())
-    train_loader = Loader(cfg, "Train", comp.charset, mesh)
+    train_loader = Loader(cfg, "Train", comp.charset, mesh, max_ctc_steps=comp.seq_len())
     eval_loader = comp.eval_loader() if cfg.get("Eval") else None
     steps_per_epoch = train_loader.steps_per_epoch
     epoch_num = int(g["epoch_num"])
     total_steps = steps_per_epoch * epoch_num
     if g.get("max_steps"):
         total_steps = min(total_steps, int(g["max_steps"]))
-    image_shape = train_loader.load(0, 0)["image"].shape
+    image_shape = comp.image_shape or train_loader.load(0, 0)["image"].shape
 
     state, tx, schedule = comp.build_state(image_shape, steps_per_epoch)
     log.info("params: %d", count_params(state.params))
@@ -163,36 +274,40 @@ def train(cfg: dict, mesh=None) -> dict:
 
     # ---- restore ----
     meta = {"global_step": 0, "best_metric": {}}
-    resume = g.get("checkpoints")
-    if not resume and g["auto_resume"] and checkpoint.has_checkpoint(save_dir):
-        resume = save_dir
-        log.info("auto_resume: continuing the run in %s", save_dir)
+    resume = checkpoint.resume_source(save_dir, g.get("checkpoints"), g["auto_resume"])
     if resume:
         state, meta = checkpoint.restore(resume, state, comp.repl)
     elif g.get("pretrained_model"):
         loaded = checkpoint.load_pretrained(
             g["pretrained_model"], {"params": state.params, "batch_stats": state.batch_stats})
         state = state.replace(**loaded)
+    # The data position is in samples, (epoch, samples into it), so it survives a change of
+    # global batch; the step count, the schedule and the stop point follow it.
+    old_batch = int(meta.get("global_batch", train_loader.global_batch))
+    data_epoch = int(meta.get("data_epoch", meta["global_step"] // steps_per_epoch))
+    data_offset = int(meta.get("data_offset",
+                               (meta["global_step"] % steps_per_epoch) * old_batch))
+    global_step = data_epoch * steps_per_epoch + data_offset // train_loader.global_batch
+    state = state.replace(opt_state=with_schedule_step(state.opt_state, global_step))
+    if resume and old_batch != train_loader.global_batch:
+        log.info("resuming with global batch %d (was %d): epoch %d from sample %d, which is "
+                 "step %d of %d here (it was step %d), lr %.6g", train_loader.global_batch,
+                 old_batch, data_epoch + 1, data_offset, global_step, total_steps,
+                 meta["global_step"], float(schedule(global_step)))
     state = jax.device_put(state, comp.repl)
-    global_step = int(meta["global_step"])
     best = dict(meta.get("best_metric") or {})
     main_key = (cfg.get("Metric") or {}).get("main_indicator", "acc")
 
     train_step = comp.train_step(tx)
     eval_step = make_eval_step(comp.model, mesh, comp.dtype)
     ckpt = checkpoint.Checkpointer(save_dir)
+    cadence = checkpoint.Cadence(g.get("save_every_steps") or 0,
+                                 g.get("save_every_minutes") or 0.0, start_step=global_step)
     preemption = Preemption()
     progress = Progress()
     writer = _tensorboard(save_dir) if is_main() and g["use_tensorboard"] else None
-    train_metric = build_metric(cfg.get("Metric"))
-
-    # Data position in samples, not steps, so it survives a change of global batch.
-    data_epoch = int(meta.get("data_epoch", global_step // steps_per_epoch))
-    data_offset = int(meta.get("data_offset",
-                               (global_step % steps_per_epoch) * train_loader.global_batch))
-    if meta.get("global_batch", train_loader.global_batch) != train_loader.global_batch:
-        log.info("resuming with global batch %d (was %d): epoch %d from sample %d",
-                 train_loader.global_batch, meta["global_batch"], data_epoch + 1, data_offset)
+    per_card = int(cfg["Train"]["loader"]["batch_size_per_card"])
+    train_log = TrainLog(g, per_card, train_loader.global_batch, epoch_num, writer)
 
     def snapshot():
         return {"global_step": global_step, "best_metric": best, "data_epoch": data_epoch,
@@ -200,89 +315,77 @@ def train(cfg: dict, mesh=None) -> dict:
 
     # ---- loop ----
     print_every = int(g["print_batch_step"])
-    window = collections.deque(maxlen=int(g["log_smooth_window"]))
-    pending_losses, skipped, stop = [], 0, global_step >= total_steps
+    save_epochs = int(g["save_epoch_step"])
+    skipped = 0
     bar = _progress(total_steps, global_step)
-    last = {}
-    for epoch in range(data_epoch, epoch_num):
-        if stop:
-            break
-        steps_left = train_loader.steps_from(data_offset)
-        batches = train_loader.batches(epoch, data_offset, comp.batch_sharding,
-                                       int(g["prefetch"]))
-        t_mark, wait_mark, steps_mark = time.perf_counter(), 0.0, 0
-        end_of_epoch = False
-        for device, host in batches:
-            state, out = train_step(state, device)
-            global_step += 1
-            steps_mark += 1
-            steps_left -= 1
-            end_of_epoch = steps_left == 0
-            data_epoch, data_offset = ((epoch + 1, 0) if end_of_epoch else
-                                       (epoch, data_offset + train_loader.global_batch))
-            pending_losses.append(out["loss"])
-            skipped += int(host["bad"].sum())
-            progress.step(global_step)
-            if bar:
-                bar.update(1)
-            if global_step % print_every == 0 or end_of_epoch or global_step >= total_steps:
-                window.extend(np.asarray(jax.device_get(jnp.stack(pending_losses))).tolist())
-                pending_losses = []
-                now = time.perf_counter()
-                batch_cost = (now - t_mark) / steps_mark
-                reader_cost = (batches.wait_s - wait_mark) / steps_mark
-                t_mark, wait_mark, steps_mark = now, batches.wait_s, 0
-                last = {"lr": float(schedule(global_step - 1)), "loss": float(np.median(window))}
-                if g["cal_metric_during_train"]:
-                    preds = ctc_greedy_decode(local_rows(out["pred_ids"]),
-                                              np.ones(out["pred_ids"].shape, np.float32),
-                                              comp.charset)
-                    rows = len(preds)
-                    train_metric.update([p for p, _ in preds],
-                                        decode_labels(host["label"][:rows], host["length"][:rows],
-                                                      comp.charset))
-                    last.update(train_metric.get_metric())
-                per_card = cfg["Train"]["loader"]["batch_size_per_card"]
-                eta = (total_steps - global_step) * batch_cost
-                line = (f"epoch: [{epoch + 1}/{epoch_num}], global_step: {global_step}, "
-                        f"{_fmt(last)}, avg_reader_cost: {reader_cost:.5f} s, "
-                        f"avg_batch_cost: {batch_cost:.5f} s, avg_samples: {per_card}, "
-                        f"ips: {per_card / batch_cost:.5f} samples/s, "
-                        f"eta: {datetime.timedelta(seconds=int(eta))}")
-                if skipped:
-                    line += f", skipped_images: {skipped}"
-                log.info(line)
-                if writer:
-                    for k, v in last.items():
-                        writer.add_scalar(f"train/{k}", v, global_step)
-                    writer.add_scalar("train/ips_total", train_loader.global_batch / batch_cost,
-                                      global_step)
-            if eval_loader is not None and _eval_due(global_step, g["eval_batch_step"]):
-                cur = evaluate(comp, state, eval_step, eval_loader)
-                log.info("cur metric, %s", _fmt(cur))
-                if writer:
-                    for k, v in cur.items():
-                        writer.add_scalar(f"eval/{k}", v, global_step)
-                if cur[main_key] >= best.get(main_key, -1.0):
-                    best = {**cur, "best_epoch": epoch + 1, "global_step": global_step}
-                    ckpt.save(state, snapshot(), best=True)
-                log.info("best metric, %s", _fmt(best))
-                t_mark = time.perf_counter()
-            if preemption.reached(global_step):
-                log.warning("preempted at global_step %d: checkpoint saved, exiting", global_step)
-                stop = True
-            if global_step >= total_steps:
-                stop = True
-            if stop:
-                break
-        batches.close()
-        if not stop:  # also when a resumed position left less than a batch of this epoch
-            data_epoch, data_offset = epoch + 1, 0
-        save_every = int(g["save_epoch_step"])
-        if end_of_epoch and save_every > 0 and (epoch + 1) % save_every == 0 and not stop:
+    epoch, offset = data_epoch, data_offset
+    left = train_loader.steps_from(offset)
+    t_mark, wait_mark, steps_mark = time.perf_counter(), 0.0, 0
+    stream = None
+    if global_step < total_steps and data_epoch < epoch_num:
+        stream = train_loader.stream(data_epoch, data_offset, comp.batch_sharding,
+                                     int(g["prefetch"]))
+    for device, host in stream or ():
+        if int(np.ravel(host["epoch"])[0]) != epoch:  # a resumed position, under a batch left
+            epoch, offset, left = int(np.ravel(host["epoch"])[0]), 0, steps_per_epoch
+        state, out = train_step(state, device)
+        train_log.flush()  # the previous line's values, now that this step is queued
+        train_log.add(out)
+        global_step += 1
+        steps_mark += 1
+        offset += train_loader.global_batch
+        left -= 1
+        end_of_epoch = left == 0
+        if end_of_epoch:  # after a resume under another batch the epoch's last partial step
+            global_step = (epoch + 1) * steps_per_epoch  # is dropped: count as a restart does
+        data_epoch, data_offset = (epoch + 1, 0) if end_of_epoch else (epoch, offset)
+        skipped += int(np.sum(host["bad"]))
+        progress.step(global_step)
+        if bar:
+            bar.update(1)
+        finished = global_step >= total_steps
+        if global_step % print_every == 0 or end_of_epoch or finished:
+            now = time.perf_counter()
+            batch_cost = (now - t_mark) / steps_mark
+            train_log.start_line({
+                "epoch": epoch, "step": global_step, "lr": float(schedule(global_step - 1)),
+                "batch_cost": batch_cost, "reader_cost": (stream.wait_s - wait_mark) / steps_mark,
+                "eta": (total_steps - global_step) * batch_cost, "skipped": skipped})
+            t_mark, wait_mark, steps_mark = now, stream.wait_s, 0
+            ckpt.poll(state, snapshot())
+        if eval_loader is not None and _eval_due(global_step, g["eval_batch_step"]):
+            train_log.flush()
+            cur = evaluate(comp, state, eval_step, eval_loader)
+            log.info("cur metric, %s", _fmt(cur))
+            if writer:
+                for k, v in cur.items():
+                    writer.add_scalar(f"eval/{k}", v, global_step)
+            if cur[main_key] >= best.get(main_key, -1.0):
+                best = {**cur, "best_epoch": epoch + 1, "global_step": global_step}
+                ckpt.save(state, snapshot(), kind="best")
+            log.info("best metric, %s", _fmt(best))
+            t_mark = time.perf_counter()
+        if end_of_epoch:
+            ckpt.save(state, snapshot())  # latest, every epoch, as PaddleOCR
+            if save_epochs > 0 and (epoch + 1) % save_epochs == 0:
+                ckpt.save(state, snapshot(), kind="snapshot")  # kept: PaddleOCR's iter_epoch_N
+            epoch, offset, left = epoch + 1, 0, steps_per_epoch
+        elif cadence.due(global_step):
             ckpt.save(state, snapshot())
+        if preemption.reached(global_step):
+            log.warning("preempted at global_step %d: saving a checkpoint and exiting",
+                        global_step)
+            break
+        if finished:
+            break
+    train_log.flush()
+    if stream is not None:
+        stream.close()
+    train_loader.close()
+    if eval_loader is not None:
+        eval_loader.close()
     ckpt.save(state, snapshot())
-    ckpt.close()
+    ckpt.close(state, snapshot())  # a failed last save is retried synchronously
     if bar:
         bar.close()
     if writer:
@@ -290,7 +393,7 @@ def train(cfg: dict, mesh=None) -> dict:
     if skipped:
         log.info("unreadable images skipped during training: %d", skipped)
     log.info("training finished at global_step %d; checkpoints in %s", global_step, save_dir)
-    return {"global_step": global_step, "state": state, "train": last, "best": best,
+    return {"global_step": global_step, "state": state, "train": train_log.last, "best": best,
             "skipped_images": skipped, "dropped_labels": dict(train_loader.source.dropped)}
 
 

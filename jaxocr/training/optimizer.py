@@ -1,9 +1,12 @@
 """Optimizer and learning-rate schedule from PaddleOCR's `Optimizer` section, via optax.
 
 Schedules step once per iteration and count `steps_per_epoch` per card, as PaddleOCR does.
-`regularizer: {name: L2, factor}` is coupled L2 (grad += factor * w) with per-parameter
-overrides: the CTC head's `fc_decay` (default 0.0004, as Paddle's CTCHead), and no decay on
-BatchNorm scale and bias.
+`regularizer: {name: L2, factor}` is coupled L2 (grad += factor * w) on every parameter that
+has no regularizer of its own, as Paddle's optimizer applies it: BatchNorm and LayerNorm
+scale and bias included (PaddleOCR's MobileNetV3, BiLSTM and SVTRNet create them without one).
+The one override today is the CTC head's `fc_decay` (Paddle's CTCHead attaches
+L2Decay(fc_decay), default 0.0004, to its weights and biases), matched by place in the module
+tree: the model's top-level `head` module.
 """
 from __future__ import annotations
 
@@ -33,8 +36,8 @@ def build_schedule(lr_cfg, steps_per_epoch: int, epoch_num: int):
         values = [float(v) for v in lr_cfg["values"]]
         if len(values) != len(boundaries) + 1:
             raise ValueError("Optimizer.lr: Piecewise needs len(values) == len(decay_epochs) + 1")
-        inner = optax.piecewise_constant_schedule(
-            values[0], {b: v / p for b, v, p in zip(boundaries, values[1:], values[:-1])})
+        inner = piecewise(boundaries, values)
+        base = values[0]  # PaddleOCR's warmup for Piecewise ends at values[0]
     elif name == "Linear":
         end_lr = float(lr_cfg.get("end_lr", 0.0))
         inner = optax.polynomial_schedule(base, end_lr, float(lr_cfg.get("power", 1.0)), total)
@@ -51,13 +54,20 @@ def build_schedule(lr_cfg, steps_per_epoch: int, epoch_num: int):
     return optax.join_schedules([ramp, inner], [warmup])
 
 
-def _is_norm(path) -> bool:
-    return any("BatchNorm" in str(getattr(k, "key", k)) or "LayerNorm" in str(getattr(k, "key", k))
-               or str(getattr(k, "key", k)).startswith(("bn", "norm")) for k in path)
+def piecewise(boundaries: list[int], values: list[float]):
+    """values[k] from boundaries[k-1] on (zeros allowed: no ratios between values)."""
+    bounds, vals = jnp.asarray(boundaries), jnp.asarray(values, jnp.float32)
+    return lambda t: vals[jnp.sum(jnp.asarray(t) >= bounds)]
+
+
+def _key(entry) -> str:
+    return str(getattr(entry, "key", entry))
 
 
 def _in_head(path) -> bool:
-    return any("head" in str(getattr(k, "key", k)).lower() for k in path)
+    """The model's Head part (BaseModel's `head` attribute), not any name containing 'head'
+    (SVTR's STN has a `stn_head`)."""
+    return bool(path) and _key(path[0]) == "head"
 
 
 def l2_factors(params, opt_cfg: dict, arch_cfg: dict):
@@ -70,8 +80,6 @@ def l2_factors(params, opt_cfg: dict, arch_cfg: dict):
     head_decay = head.get("fc_decay", CTCHead.fc_decay if head.get("name") == "CTCHead" else None)
 
     def factor(path, _):
-        if _is_norm(path):
-            return 0.0
         if head_decay is not None and _in_head(path):
             return float(head_decay)
         return base
@@ -100,7 +108,7 @@ def _decay_mask(params, opt_cfg):
     one_dim = opt_cfg.get("one_dim_param_no_weight_decay", False)
 
     def decays(path, p):
-        joined = "/".join(str(getattr(k, "key", k)) for k in path)
+        joined = "/".join(_key(k) for k in path)
         return not (any(n in joined for n in names) or (one_dim and p.ndim == 1))
 
     return jax.tree_util.tree_map_with_path(decays, params)
@@ -137,3 +145,14 @@ def build_optimizer(opt_cfg: dict, arch_cfg: dict, params, steps_per_epoch: int,
 
 def steps_per_epoch(num_samples: int, global_batch: int, drop_last: bool = True) -> int:
     return num_samples // global_batch if drop_last else math.ceil(num_samples / global_batch)
+
+
+def with_schedule_step(opt_state, step: int):
+    """`opt_state` with every schedule counter set to `step`: after a resume under another
+    global batch the schedule follows the samples seen (Adam's bias-correction count stays)."""
+    def reset(node):
+        if isinstance(node, optax.ScaleByScheduleState):
+            return node._replace(count=jnp.full_like(node.count, step))
+        return node
+    return jax.tree.map(reset, opt_state,
+                        is_leaf=lambda n: isinstance(n, optax.ScaleByScheduleState))

@@ -15,8 +15,9 @@ import optax
 from jax.flatten_util import ravel_pytree
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from jaxocr.data.device_norm import normalize_rec_images
 from jaxocr.distributed import AXIS
-from jaxocr.losses import batch_mean
+from jaxocr.metrics.rec_device import rec_metric_sums
 from jaxocr.postprocess import best_path
 
 try:  # jax >= 0.7 exports shard_map at the top level
@@ -63,8 +64,32 @@ def pmean_flat(tree, axis_name=AXIS):
     return unravel(jax.lax.pmean(flat, axis_name))
 
 
-def make_train_step(model, tx, loss_fn, mesh, dtype=jnp.float32, sync_grads: bool = True):
-    """Returns step(state, batch) -> (state, out); out holds the loss and the batch's best path.
+def model_input(batch, dtype):
+    """The model's input from a batch: uint8 images (with `valid_width`) are normalised here,
+    on the device, so the host ships a quarter of the bytes; float images pass through."""
+    if not isinstance(batch, dict):
+        return batch.astype(dtype)
+    images = batch["image"]
+    if images.dtype == jnp.uint8:
+        return normalize_rec_images(images, batch["valid_width"], dtype)
+    return images.astype(dtype)
+
+
+def logits_of(outputs):
+    """A head may return (features, logits) in training (CTCHead's return_feats)."""
+    return outputs[-1] if isinstance(outputs, (tuple, list)) else outputs
+
+
+def make_train_step(model, tx, loss_fn, mesh, dtype=jnp.float32, sync_grads: bool = True,
+                    metric_table=None):
+    """Returns step(state, batch) -> (state, out); out["loss"] is the mean loss over the real
+    rows of the global batch and, with `metric_table` (see metrics/rec_device.py),
+    out["metric"] RecMetric's (correct, edit distance, count) over them, both averaged over
+    devices (ratios of them are exact).
+
+    Rows with `mask` 0 (padding of a last partial batch) add nothing: each device sums its
+    masked loss over its rows, and the gradients are divided by the global share of real rows,
+    which travels in the same all-reduce.
 
     `sync_grads=False` all-reduces only the loss, after the backward pass: devices then train
     apart but still run in lockstep. The scaling benchmark uses it to separate the cost of
@@ -72,43 +97,55 @@ def make_train_step(model, tx, loss_fn, mesh, dtype=jnp.float32, sync_grads: boo
     """
 
     def per_device(state: TrainState, batch):
-        images = batch["image"].astype(dtype)
+        images = model_input(batch, dtype)
+        mask = batch.get("mask")
+        mask = jnp.ones(images.shape[0]) if mask is None else mask.astype(jnp.float32)
 
         def compute_loss(params):
-            logits, updated = model.apply(
+            outputs, updated = model.apply(
                 {"params": params, "batch_stats": state.batch_stats}, images, train=True,
                 mutable=["batch_stats"],
                 rngs={"dropout": jax.random.fold_in(jax.random.fold_in(state.rng, state.step),
                                                     jax.lax.axis_index(AXIS))})
-            loss = batch_mean(loss_fn(logits, batch["label"], batch["length"]))
+            logits = logits_of(outputs)
+            losses = loss_fn(logits, batch["label"], batch["length"])
+            loss = jnp.sum(losses * mask) / mask.shape[0]
             return loss, (logits, updated.get("batch_stats", {}))
 
         (loss, (logits, batch_stats)), grads = jax.value_and_grad(compute_loss, has_aux=True)(
             state.params)
+        share = jnp.mean(mask)  # of this device's rows; after the pmean, of the global batch
+        metric = jnp.zeros(3)
+        if metric_table is not None:
+            ids, _ = best_path(logits)
+            metric = rec_metric_sums(ids, batch["label"], batch["length"], mask, metric_table)
         if sync_grads:
-            grads, batch_stats, loss = pmean_flat((grads, batch_stats, loss))
+            grads, batch_stats, loss, share, metric = pmean_flat(
+                (grads, batch_stats, loss, share, metric))
         else:  # a scalar that needs every gradient, so the wait sits where the all-reduce would
             ready = sum(g.reshape(-1)[0] for g in jax.tree.leaves(grads))
             loss = jax.lax.pmean(jnp.stack([loss, ready]), AXIS)[0]
+        share = jnp.maximum(share, 1e-12)
+        grads = jax.tree.map(lambda g: g / share, grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        ids, _ = best_path(logits)
         new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                                   opt_state=opt_state)
-        return new_state, {"loss": loss, "pred_ids": ids}
+        return new_state, {"loss": loss / share, "metric": metric}
 
     sharded = shard_map(per_device, mesh, in_specs=(P(), P(AXIS)),
-                        out_specs=(P(), {"loss": P(), "pred_ids": P(AXIS)}))
+                        out_specs=(P(), {"loss": P(), "metric": P()}))
     return jax.jit(sharded, donate_argnums=(0,))
 
 
 def make_eval_step(model, mesh, dtype=jnp.float32):
-    """Forward in eval mode; returns the best path (ids, probs), sharded on 'data'."""
+    """Forward in eval mode on a batch (or an image array); returns the best path (ids, probs),
+    sharded on 'data'."""
 
-    def per_device(state: TrainState, images):
+    def per_device(state: TrainState, batch):
         probs = model.apply({"params": state.params, "batch_stats": state.batch_stats},
-                            images.astype(dtype), train=False)
-        return best_path(probs.astype(jnp.float32))
+                            model_input(batch, dtype), train=False)
+        return best_path(logits_of(probs).astype(jnp.float32))
 
     sharded = shard_map(per_device, mesh, in_specs=(P(), P(AXIS)), out_specs=(P(AXIS), P(AXIS)))
     return jax.jit(sharded)

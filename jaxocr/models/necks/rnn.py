@@ -28,6 +28,8 @@ def lstm_recurrence(xw: Array, weight_hh: Array, reverse: bool = False, unroll: 
 
     xw: (B, T, 4H) = x @ W_ih^T + b_ih + b_hh for all steps; weight_hh: (4H, H).
     Returns hidden states (B, T, H), in input time order also when ``reverse``.
+    Under bfloat16 the matmuls and h run in xw's dtype but the cell state and the gate
+    arithmetic stay float32: c accumulates over the whole sequence.
     """
     b, t, h4 = xw.shape
     hidden = h4 // 4
@@ -35,15 +37,16 @@ def lstm_recurrence(xw: Array, weight_hh: Array, reverse: bool = False, unroll: 
 
     def step(carry, xw_t):
         h, c = carry
-        gates = xw_t + h @ whh_t
+        gates = (xw_t + h @ whh_t).astype(jnp.float32)
         i, f, g, o = jnp.split(gates, 4, axis=-1)
         c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
-        h = jax.nn.sigmoid(o) * jnp.tanh(c)
+        h = (jax.nn.sigmoid(o) * jnp.tanh(c)).astype(xw.dtype)
         return (h, c), h
 
     # zeros_like (not jnp.zeros) keeps xw's varying-manual-axes type inside shard_map.
-    zeros = jnp.zeros_like(xw[:, 0, :hidden])
-    _, hs = lax.scan(step, (zeros, zeros), jnp.swapaxes(xw, 0, 1), reverse=reverse,
+    h0 = jnp.zeros_like(xw[:, 0, :hidden])
+    c0 = jnp.zeros_like(xw[:, 0, :hidden], dtype=jnp.float32)
+    _, hs = lax.scan(step, (h0, c0), jnp.swapaxes(xw, 0, 1), reverse=reverse,
                      unroll=max(1, min(unroll, t)))
     return jnp.swapaxes(hs, 0, 1)
 

@@ -1,0 +1,208 @@
+"""PaddleOCR-schema YAML configs: load, apply `-o Key.sub=value` overrides, validate.
+
+Validation names the bad key path and, for a misspelt key, the closest valid one. Keys that
+PaddleOCR has but that mean nothing here are accepted and reported once at info level.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+import logging
+import os
+
+import yaml
+
+log = logging.getLogger("jaxocr")
+
+SECTIONS = ("Global", "Architecture", "Loss", "Optimizer", "PostProcess", "Metric", "Train", "Eval")
+
+# Keys this project reads, per section path. Architecture / transform parameters are checked by
+# the builders that consume them (they know their own signatures).
+KNOWN = {
+    "Global": {
+        "epoch_num", "max_steps", "log_smooth_window", "print_batch_step", "save_model_dir",
+        "save_epoch_step", "eval_batch_step", "cal_metric_during_train", "pretrained_model",
+        "checkpoints", "infer_img", "character_dict_path", "character_type", "max_text_length",
+        "use_space_char", "save_res_path", "seed", "use_sync_bn", "use_amp", "amp_dtype",
+        "use_tensorboard", "conv_impl", "prefetch",
+        "auto_resume", "save_every_steps", "save_every_minutes", "compilation_cache_dir",
+    },
+    "Optimizer": {
+        "name", "beta1", "beta2", "epsilon", "momentum", "lr", "regularizer", "clip_norm",
+        "clip_norm_global", "weight_decay", "no_weight_decay_name",
+        "one_dim_param_no_weight_decay",
+    },
+    "Optimizer.lr": {
+        "name", "learning_rate", "warmup_epoch", "decay_epochs", "values", "T_max", "eta_min",
+        "step_size", "gamma", "end_lr", "power",
+    },
+    "Optimizer.regularizer": {"name", "factor"},
+    "Loss": {"name", "use_focal_loss"},
+    "PostProcess": {"name", "character_dict_path", "use_space_char"},
+    "Metric": {"name", "main_indicator", "ignore_space", "is_filter"},
+    "Train": {"dataset", "loader", "sampler"},  # sampler: rejected below unless empty
+    "Eval": {"dataset", "loader", "sampler"},
+    "Train.dataset": {
+        "name", "data_dir", "label_file_list", "ratio_list", "delimiter", "transforms",
+        "num_samples", "seed", "min_len", "max_len", "fonts", "mixed_case", "unknown_chars",
+    },
+    "Train.loader": {"shuffle", "drop_last", "batch_size_per_card", "num_workers", "worker_type"},
+}
+KNOWN["Eval.dataset"] = KNOWN["Train.dataset"]
+KNOWN["Eval.loader"] = KNOWN["Train.loader"]
+
+# PaddleOCR keys with no meaning in jaxocr: accepted, ignored with one info line.
+IGNORED = {
+    "Global": {
+        "use_gpu", "use_xpu", "use_npu", "use_mlu", "use_visualdl", "use_wandb", "distributed",
+        "infer_mode", "save_inference_dir", "d2s_train_image_shape", "amp_level", "scale_loss",
+        "use_dynamic_loss_scaling", "amp_custom_black_list", "amp_custom_white_list",
+        "uniform_output_enabled", "model_name", "return_all_feats", "use_shared_memory",
+        "profiler_options", "auto_log", "save_log_path",
+    },
+    # PaddleOCR overwrites lr.epochs with Global.epoch_num before building the schedule
+    "Optimizer.lr": {"epochs"},
+    "Train.loader": {"use_shared_memory", "collate_fn"},
+    "Train.dataset": {"ext_op_transform_idx", "ds_width"},
+    "wandb": None,  # a whole top-level section
+}
+IGNORED["Eval.loader"] = IGNORED["Train.loader"]
+IGNORED["Eval.dataset"] = IGNORED["Train.dataset"]
+
+DEFAULTS = {
+    "Global": {
+        "epoch_num": 1, "max_steps": None, "log_smooth_window": 20, "print_batch_step": 10,
+        "save_model_dir": "./output/rec", "save_epoch_step": 1, "eval_batch_step": [0, 2000],
+        "cal_metric_during_train": True, "pretrained_model": None, "checkpoints": None,
+        "character_dict_path": None, "max_text_length": 25, "use_space_char": False,
+        "seed": 1024, "use_sync_bn": False, "use_amp": False, "amp_dtype": "bfloat16",
+        "use_tensorboard": True, "conv_impl": "auto", "prefetch": 2,
+        "auto_resume": True, "save_every_steps": None, "save_every_minutes": None,
+        "compilation_cache_dir": "auto",
+    },
+    "loader": {"shuffle": True, "drop_last": True, "batch_size_per_card": 256, "num_workers": 2,
+               "worker_type": "auto"},
+}
+
+
+class ConfigError(ValueError):
+    """A config problem, with the offending key path in the message."""
+
+
+def load_config(path: str, overrides: list[str] | None = None) -> dict:
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: {path}")
+    with open(path) as f:
+        cfg = yaml.safe_load(f) or {}
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections")
+    for item in overrides or []:
+        apply_override(cfg, item)
+    validate(cfg)
+    return fill_defaults(cfg)
+
+
+def parse_overrides(items: list[str] | None) -> list[str]:
+    """`-o A=1 B.c=2` may arrive as one list or as several `-o` groups; flatten."""
+    out = []
+    for item in items or []:
+        out.extend(item if isinstance(item, list) else [item])
+    return out
+
+
+def apply_override(cfg: dict, item: str) -> None:
+    """`A.b.c=value`: value parsed through YAML, as PaddleOCR's `-o` does."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like Key.sub=value")
+    key, raw = item.split("=", 1)
+    value = yaml.safe_load(raw) if raw != "" else None
+    if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    parts = key.strip().split(".")
+    node = cfg
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {item!r}: {'.'.join(parts[:i + 1])} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def validate(cfg: dict) -> None:
+    ignored = []
+    for name in cfg:
+        if name in SECTIONS:
+            continue
+        if name in IGNORED:
+            ignored.append(name)
+            continue
+        raise ConfigError(_unknown(name, SECTIONS))
+    for section in ("Global", "Architecture", "Train", "Eval"):
+        if section not in cfg:
+            raise ConfigError(f"missing section {section}")
+    for path, allowed in KNOWN.items():
+        node = _get(cfg, path)
+        if node is None:
+            continue
+        if not isinstance(node, dict):
+            raise ConfigError(f"{path} must be a mapping, got {type(node).__name__}")
+        skip = IGNORED.get(path) or set()
+        for key in node:
+            if key in allowed:
+                continue
+            if key in skip:
+                ignored.append(f"{path}.{key}")
+                continue
+            raise ConfigError(_unknown(f"{path}.{key}", allowed | skip))
+    for mode in ("Train", "Eval"):
+        sampler = (cfg.get(mode) or {}).get("sampler")
+        if sampler:
+            name = sampler.get("name", "?") if isinstance(sampler, dict) else sampler
+            raise ConfigError(f"{mode}.sampler ({name}): "
+                              "samplers are not supported yet (one input shape per run); "
+                              "remove the key")
+    post = (cfg.get("PostProcess") or {}).get("name", "CTCLabelDecode")
+    if post != "CTCLabelDecode":
+        raise ConfigError(f"PostProcess.name: {post!r} is not supported; jaxocr's recognisers "
+                          "decode with CTCLabelDecode")
+    if ignored:
+        log.info("ignoring PaddleOCR keys that mean nothing in jaxocr: %s", ", ".join(ignored))
+
+
+def fill_defaults(cfg: dict) -> dict:
+    cfg = copy.deepcopy(cfg)
+    g = cfg["Global"]
+    for k, v in DEFAULTS["Global"].items():
+        g.setdefault(k, v)
+    for mode in ("Train", "Eval"):
+        loader = cfg[mode].setdefault("loader", {})
+        for k, v in DEFAULTS["loader"].items():
+            loader.setdefault(k, v if mode == "Train" or k not in ("shuffle", "drop_last") else False)
+    return cfg
+
+
+def config_hash(cfg: dict) -> str:
+    return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _get(cfg: dict, path: str):
+    node = cfg
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _unknown(path: str, allowed) -> str:
+    leaf = path.rsplit(".", 1)[-1]
+    close = difflib.get_close_matches(leaf, sorted(allowed), n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(sorted(allowed))}"
+    return f"unknown config key {path}{hint}"
