@@ -7,12 +7,12 @@ environment (SLURM, Open MPI), as `jax.distributed` detects it. Alone, it needs 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import logging
 import os
 import signal
 import socket
+import subprocess
 import time
 
 import jax
@@ -20,14 +20,23 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from jaxocr import job_failure
+from jaxocr import jax_internals, job_failure
 
 log = logging.getLogger("jaxocr")
 
 AXIS = "data"
-FAULT_ENV = "JAXOCR_FAULT"  # "stall|crash|exit:PROCESS_ID:STEP[:ATTEMPT]", for fault tests
+FAULT_ENV = "JAXOCR_FAULT"  # "stall|crash|exit:PROCESS_ID:STEP[:ATTEMPT]", for fault tests;
+                           # STEP 0: after set-up, before the first step
 PROGRESS_ENV = "JAXOCR_PROGRESS_FILE"  # the launcher watches this file for stalls
 ATTEMPT_ENV = "JAXOCR_ATTEMPT"         # how many times the launcher restarted the workers
+# What a worker writes to its progress file before its first step (then the step number), so
+# that the launcher can say how far a worker that never started training got.
+PHASES = {"started": "had not joined the job (imports, config, data set-up or waiting for the "
+                     "coordinator)",
+          "joined": "had joined the job but not finished setting up training (model, state, "
+                    "checkpoint restore)",
+          "ready": "was about to take its first step (compiling it, NCCL set-up, or the first "
+                   "collective)"}
 
 
 class LaunchError(RuntimeError):
@@ -109,9 +118,10 @@ def initialize(cluster: Cluster, init_timeout=300, heartbeat_timeout=40, shutdow
                       process_id=cluster.process_id, local_device_ids=cluster.local_device_ids)
     else:  # SLURM / Open MPI: jax would give each process only GPU [local rank]
         ids = cluster.local_device_ids
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-        if ids is None and visible and _one_task_per_node():
-            ids = list(range(len(visible.split(","))))
+        if ids is None:
+            ids, why = cluster_env_devices(os.environ, *local_gpu_count())
+            if why:
+                log.info("%s", why)
         if ids is not None:
             kwargs["local_device_ids"] = ids
     where = cluster.coordinator or "the coordinator from the cluster environment"
@@ -126,23 +136,126 @@ def initialize(cluster: Cluster, init_timeout=300, heartbeat_timeout=40, shutdow
             f"process {cluster.process_id} of {cluster.num_processes} could not join the job at "
             f"{where} within {time.monotonic() - t0:.0f} s (--init_timeout {init_timeout}): "
             f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    jax_internals.warn_if_unchecked()
     if cluster.own_address:
         _bind_gloo_to(cluster.own_address)
-    try:
-        from jax._src import distributed as jdist
-        job_failure.announce(jdist.global_state.client, jax.process_index(),
-                             jdist.global_state.coordinator_address, init_timeout)
-    except Exception as e:  # private API, and only needed to name a lost peer
-        log.warning("peers cannot be probed (%s): a lost process will not be named", e)
+    _announce(init_timeout)
     log.info("joined the job: process %d of %d (coordinator %s)", jax.process_index(),
              jax.process_count(), where)
+    report_phase("joined")
 
 
-def _one_task_per_node() -> bool:
-    per_node = os.environ.get("SLURM_STEP_TASKS_PER_NODE") or os.environ.get("SLURM_NTASKS_PER_NODE")
-    if per_node:
-        return per_node.split("(")[0].split(",")[0] == "1"
-    return os.environ.get("OMPI_COMM_WORLD_LOCAL_SIZE") == "1"
+def _announce(init_timeout):
+    """Publish this process's liveness address (all processes or none end up with peers)."""
+    try:
+        client = jax_internals.distributed_client()
+    except jax_internals.Unavailable as e:  # the same jax everywhere: every process lands here
+        log.warning("peers cannot be probed (%s): a lost process will not be named", e)
+        return
+    try:
+        coordinator = jax_internals.coordinator_address()
+    except jax_internals.Unavailable:
+        coordinator = None  # announce publishes the failure, so the others do not wait
+    job_failure.announce(client, jax.process_index(), coordinator, init_timeout,
+                         jax.process_count())
+
+
+def _expand_slurm_counts(value: str) -> list[int]:
+    """SLURM's compressed per-node counts, e.g. '2(x3),1' -> [2, 2, 2, 1]."""
+    counts = []
+    for part in value.split(","):
+        n, _, times = part.partition("(x")
+        counts += [int(n)] * (int(times.rstrip(")")) if times else 1)
+    return counts
+
+
+def tasks_on_this_node(env) -> int | None:
+    """How many processes of the job run on this node, from SLURM's or Open MPI's environment."""
+    if "OMPI_COMM_WORLD_LOCAL_SIZE" in env:
+        return int(env["OMPI_COMM_WORLD_LOCAL_SIZE"])
+    for var in ("SLURM_STEP_TASKS_PER_NODE", "SLURM_TASKS_PER_NODE"):
+        if env.get(var):
+            try:
+                counts = _expand_slurm_counts(env[var])
+            except ValueError:
+                continue
+            node = env.get("SLURM_NODEID")
+            if node is not None and int(node) < len(counts):
+                return counts[int(node)]
+            if len(set(counts)) == 1:
+                return counts[0]
+    if env.get("SLURM_NTASKS_PER_NODE"):
+        return int(env["SLURM_NTASKS_PER_NODE"])
+    nodes = env.get("SLURM_STEP_NUM_NODES") or env.get("SLURM_NNODES")
+    if nodes and env.get("SLURM_NTASKS") == nodes:
+        return 1
+    return None
+
+
+def cluster_env_devices(env, gpu_count: int, found: str = "") -> tuple[list[int] | None, str]:
+    """The local devices of a process started by SLURM / Open MPI without --gpus, and why.
+
+    jax gives such a process GPU [local rank] only: right for one task per GPU, but with one
+    task per node it would silently train on one GPU of each node. Then this returns all the
+    node's GPUs (`gpu_count`, found as `local_gpu_count` says); otherwise None (jax's choice).
+    """
+    manager = "Open MPI" if "OMPI_COMM_WORLD_LOCAL_SIZE" in env else "SLURM"
+    if gpu_count <= 0:
+        return None, ""
+    per_node = tasks_on_this_node(env)
+    if per_node == 1:
+        return list(range(gpu_count)), (f"{manager}: one task on this node: it uses all "
+                                        f"{gpu_count} local GPUs ({found or 'counted'})")
+    rank = env.get("OMPI_COMM_WORLD_LOCAL_RANK", env.get("SLURM_LOCALID", "?"))
+    tasks = f"{per_node} tasks on this node" if per_node else "tasks per node unknown"
+    return None, (f"{manager}: {tasks}: this one (local rank {rank}) uses GPU {rank} of "
+                  f"{gpu_count} (jax's default; --gpus chooses others)")
+
+
+def local_gpu_count(env=None, smi=("nvidia-smi", "-L"),
+                    proc_dir="/proc/driver/nvidia/gpus") -> tuple[int, str]:
+    """(NVIDIA GPUs this process may use, how that was found), without starting JAX:
+    CUDA_VISIBLE_DEVICES if set, else `nvidia-smi -L`, else the driver's /proc entries.
+    0 means CPU (also when JAX_PLATFORMS excludes GPUs)."""
+    env = os.environ if env is None else env
+    platforms = env.get("JAX_PLATFORMS", "")
+    if platforms and not any(p in platforms for p in ("cuda", "gpu")):
+        return 0, f"JAX_PLATFORMS={platforms}"
+    visible = env.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        ids = []
+        for x in visible.split(","):  # CUDA stops at the first invalid entry
+            x = x.strip()
+            if not x or x == "-1" or x == "NoDevFiles":
+                break
+            ids.append(x)
+        return len(ids), f"CUDA_VISIBLE_DEVICES={visible}"
+    try:
+        r = subprocess.run(list(smi), capture_output=True, text=True, timeout=30)
+        if r.returncode == 0:
+            n = sum(line.startswith("GPU ") for line in r.stdout.splitlines())
+            return n, "nvidia-smi -L"
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        return len(os.listdir(proc_dir)), proc_dir
+    except OSError:
+        return 0, "no NVIDIA GPU found"
+
+
+def split_local_devices(workers: int, gpus: list[str] | None = None,
+                        gpu_count: int = 0) -> list[list[str]] | None:
+    """Each local worker's GPU ids: `gpus` (--gpus) or all `gpu_count` local GPUs, split
+    evenly in contiguous blocks. None: no GPUs (CPU), nothing to split."""
+    ids = list(gpus) if gpus else [str(i) for i in range(gpu_count)]
+    if not ids:
+        return None
+    if len(ids) % workers:
+        what = f"--gpus {','.join(ids)}" if gpus else f"the {len(ids)} local GPUs"
+        raise LaunchError(f"{what} do not split evenly over --nproc_per_host {workers} workers; "
+                          f"choose a worker count that divides {len(ids)}, or pass --gpus")
+    per = len(ids) // workers
+    return [ids[r * per:(r + 1) * per] for r in range(workers)]
 
 
 def _wait_for_coordinator(cluster: Cluster, timeout: float):
@@ -165,17 +278,11 @@ def _wait_for_coordinator(cluster: Cluster, timeout: float):
 def _bind_gloo_to(address: str):
     """On CPU, make gloo listen on this host's --ips address rather than whatever its hostname
     resolves to (which may not be reachable from the other hosts)."""
+    if jax.config.jax_platforms not in (None, "", "cpu") or \
+            jax.config.jax_cpu_collectives_implementation not in (None, "gloo"):
+        return
     try:
-        from jax._src import distributed as jdist, xla_bridge
-        from jax._src.lib import _jax
-        if jax.config.jax_platforms not in (None, "", "cpu") or \
-                jax.config.jax_cpu_collectives_implementation not in (None, "gloo"):
-            return
-        collectives = _jax.make_gloo_tcp_collectives(
-            distributed_client=jdist.global_state.client, hostname=address)
-        xla_bridge.register_backend_factory(
-            "cpu", functools.partial(xla_bridge.make_cpu_client, collectives=collectives),
-            priority=0, fail_quietly=False)
+        jax_internals.bind_cpu_gloo(address)
     except Exception as e:  # private API: fall back to gloo's own choice
         log.warning("could not bind gloo to %s (%s); using the default interface", address, e)
 
@@ -241,9 +348,23 @@ class Preemption:
         return self.requested
 
 
+def report_phase(phase: str):
+    """Tell the launcher (if any) how far this worker got before its first step."""
+    _write_progress(os.environ.get(PROGRESS_ENV), phase)
+
+
+def _write_progress(path: str | None, text: str):
+    if path:  # atomically: the launcher never reads a half-written file
+        tmp = f"{path}.tmp"
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+
+
 class Progress:
     """Tells the launcher this process is alive and stepping (for stall detection), and
-    injects the faults the tests ask for through JAXOCR_FAULT."""
+    injects the faults the tests ask for through JAXOCR_FAULT (step 0: at construction, i.e.
+    after set-up and before the first step)."""
 
     def __init__(self):
         self.path = os.environ.get(PROGRESS_ENV)
@@ -254,18 +375,23 @@ class Progress:
             this_attempt = os.environ.get(ATTEMPT_ENV, "0")
             if int(pid) == jax.process_index() and (not attempt or attempt[0] == this_attempt):
                 self.fault = (kind, int(step))
+        if self.fault and self.fault[1] == 0:
+            self._inject(0)
+        _write_progress(self.path, "ready")
 
     def step(self, global_step: int):
-        if self.path:  # ~20 us; the launcher blames the worker whose step is behind
-            with open(self.path, "w") as f:
-                f.write(str(global_step))
+        # ~50 us; the launcher blames the worker whose step is behind
+        _write_progress(self.path, str(global_step))
         if self.fault and global_step == self.fault[1]:
-            kind = self.fault[0]
-            log.warning("fault injection: %s at step %d", kind, global_step)
-            if kind == "stall":
-                while True:
-                    time.sleep(3600)
-            if kind == "crash":
-                os.kill(os.getpid(), signal.SIGKILL)
-            if kind == "exit":
-                os._exit(3)
+            self._inject(global_step)
+
+    def _inject(self, global_step: int):
+        kind = self.fault[0]
+        log.warning("fault injection: %s at step %d", kind, global_step)
+        if kind == "stall":
+            while True:
+                time.sleep(3600)
+        if kind == "crash":
+            os.kill(os.getpid(), signal.SIGKILL)
+        if kind == "exit":
+            os._exit(3)

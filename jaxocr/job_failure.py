@@ -21,6 +21,9 @@ KEY = "jaxocr/alive/"
 LOST_PEER_EXIT = 75  # EX_TEMPFAIL: this process is fine, another one is gone (the launcher
                      # blames the other)
 PROBE_TIMEOUT_S = 3
+ANNOUNCE_WAIT_S = 120  # every process has joined when it announces: this is only a safety bound
+BARRIER = "jaxocr_alive"
+FAILED = "unavailable: "  # the published entry of a process that could not open its socket
 
 _peers: dict[int, str] = {}  # process id -> "ip:port host pid", for every process of the job
 _listener: socket.socket | None = None
@@ -41,21 +44,79 @@ def _local_ip_towards(address: str) -> str:
         return s.getsockname()[0]
 
 
-def announce(client, process_id: int, coordinator: str, timeout_s: float):
-    """Open this process's liveness socket and learn every peer's (call right after joining)."""
-    global _listener, _me
-    _me = process_id
+def _open_listener(coordinator: str | None) -> str:
+    """Open this process's liveness socket; its published entry, 'ip:port host pid N'."""
+    global _listener
+    if not coordinator:
+        raise RuntimeError("the coordinator address is unknown")
     ip = _local_ip_towards(coordinator)
     _listener = socket.create_server((ip, 0), family=socket.AF_INET6 if ":" in ip
                                      else socket.AF_INET, backlog=128)
     # a forked child (a data-loader worker) must not keep answering for a dead parent
     os.register_at_fork(after_in_child=_listener.close)
     port = _listener.getsockname()[1]
-    client.key_value_set(f"{KEY}{process_id}",
-                         f"{ip}:{port} {socket.gethostname()} pid {os.getpid()}")
-    client.wait_at_barrier("jaxocr_alive", int(timeout_s * 1000))
-    for key, value in client.key_value_dir_get(KEY):
-        _peers[int(key.rsplit("/", 1)[1])] = value
+    return f"{ip}:{port} {socket.gethostname()} pid {os.getpid()}"
+
+
+def _close_listener():
+    global _listener
+    if _listener is not None:
+        _listener.close()
+        _listener = None
+
+
+def announce(client, process_id: int, coordinator: str | None, timeout_s: float,
+             num_processes: int | None = None) -> bool:
+    """Open this process's liveness socket and learn every peer's (call right after joining).
+
+    All or nothing: a process that cannot open its socket still publishes (a failure note), so
+    the others do not wait for it; every process then reads the same entries and, if any
+    process failed, none of them names peers (a warning says why). The wait for the slowest
+    process is bounded (ANNOUNCE_WAIT_S, or timeout_s if shorter): all have just joined.
+    True if peers will be named.
+    """
+    global _me
+    _me = process_id
+    _peers.clear()
+    _close_listener()
+    try:
+        value = _open_listener(coordinator)
+    except Exception as e:
+        value = f"{FAILED}{type(e).__name__}: {_first_line(e)}"
+    peers, why = exchange(client, process_id, value, min(float(timeout_s), ANNOUNCE_WAIT_S),
+                          num_processes)
+    if peers is None:
+        _close_listener()
+        log.warning("process %d: peers cannot be probed (%s): a lost process will not be named",
+                    process_id, why)
+        return False
+    _peers.update(peers)
+    return True
+
+
+def exchange(client, process_id: int, value: str, wait_s: float,
+             num_processes: int | None = None) -> tuple[dict[int, str] | None, str]:
+    """Publish `value`, wait (at most wait_s) until every process has, and read them all:
+    ({process id: entry}, "") if every process opened its socket, else (None, why)."""
+    try:
+        client.key_value_set(f"{KEY}{process_id}", value)
+        client.wait_at_barrier(BARRIER, int(wait_s * 1000))
+        entries = {int(k.rsplit("/", 1)[1]): v for k, v in client.key_value_dir_get(KEY)}
+    except Exception as e:  # a missing process (barrier deadline) or a broken client
+        return None, (f"not every process announced itself within {wait_s:g} s: "
+                      f"{type(e).__name__}: {_first_line(e)}")
+    failed = {p: v[len(FAILED):] for p, v in sorted(entries.items()) if v.startswith(FAILED)}
+    if failed:
+        return None, "; ".join(f"process {p} could not open its liveness socket ({why})"
+                               for p, why in failed.items())
+    missing = sorted(set(range(num_processes or 0)) - set(entries))
+    if missing:
+        return None, f"processes {missing} did not announce themselves"
+    return entries, ""
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def _answers(entry: str) -> bool:
@@ -82,7 +143,7 @@ def leave(error: BaseException, code: int = 1):
     """Log why this process stops (naming lost peers) and exit without JAX's shutdown barrier,
     which would wait for the dead until their heartbeat times out. Code 2: a launch or config
     error, reported as such."""
-    first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    first = _first_line(error)
     me = f"process {_me} of {len(_peers)}"
     lost = lost_peers() if code == 1 else {}
     if code != 1:

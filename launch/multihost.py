@@ -24,9 +24,11 @@ def parser():
     g.add_argument("--process_id", type=int, default=None)
     g.add_argument("--ips", default=None, help="comma-separated host list; the first is trainer0")
     g.add_argument("--start_port", type=int, default=17000, help="coordinator port with --ips")
-    g.add_argument("--gpus", default=None, help="local device ids, e.g. 0,1,2,3")
+    g.add_argument("--gpus", default=None, help="local device ids, e.g. 0,1,2,3 (default: all "
+                   "local GPUs; with --nproc_per_host K, split evenly over the K workers)")
     g.add_argument("--nproc_per_host", type=int, default=None,
-                   help="start K local worker processes, each with a slice of the local devices")
+                   help="start K local worker processes, each with a slice of the local devices "
+                        "(G local GPUs: G/K each, in order)")
     g.add_argument("--cpu_devices_per_process", type=int, default=None,
                    help="on CPU: simulated devices per worker process")
     g.add_argument("--log_dir", default="./log", help="workerlog.N files (with --nproc_per_host)")
@@ -38,6 +40,10 @@ def parser():
     g.add_argument("--stall_timeout", type=float, default=900,
                    help="with --nproc_per_host: end the job if a worker makes no step for this "
                         "many seconds (0: off)")
+    g.add_argument("--startup_timeout", type=float, default=1800,
+                   help="with --nproc_per_host: end the job if a worker has not made its first "
+                        "step this many seconds after it started (joining, NCCL set-up, first "
+                        "compile and collective; 0: off)")
     g.add_argument("--max_restarts", type=int, default=0,
                    help="with --nproc_per_host: restart failed local workers this many times")
     g.add_argument("--local_rank", type=int, default=0, help=argparse.SUPPRESS)
@@ -65,7 +71,8 @@ def supervise(args):
     """Start --nproc_per_host workers on this host and watch them. With --coordinator,
     --num_processes and --process_id count hosts here, not workers."""
     import socket
-    from jaxocr.distributed import LaunchError, host_rank_from_ips
+    from jaxocr.distributed import (LaunchError, host_rank_from_ips, local_gpu_count,
+                                    split_local_devices)
     from jaxocr.launcher import Supervisor
     k = args.nproc_per_host
     cli.load(args)  # fail on a bad config here, once, not in every worker
@@ -91,9 +98,19 @@ def supervise(args):
         def place(rank):
             return ["--coordinator", coordinator, "--num_processes", str(hosts * k),
                     "--process_id", str(host_rank * k + rank)]
-    gpus = args.gpus.split(",") if args.gpus else None
-    if gpus and len(gpus) % k:
-        raise LaunchError(f"--gpus {args.gpus} does not split evenly over {k} workers")
+    gpus = [g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus else None
+    found = ""
+    if gpus:
+        split = split_local_devices(k, gpus)
+    else:  # counted without starting JAX (which would claim the GPUs in this process)
+        count, found = local_gpu_count()
+        split = split_local_devices(k, gpu_count=count)
+    if split:
+        import logging
+        logging.getLogger("jaxocr").info(
+            "launcher: %d workers over GPUs %s%s: %s", k, ",".join(sum(split, [])),
+            f" ({found})" if found else "",
+            "; ".join(f"worker {r}: {','.join(ids)}" for r, ids in enumerate(split)))
     common = [sys.executable, os.path.abspath(__file__), "-c", args.config,
               "--init_timeout", str(args.init_timeout),
               "--heartbeat_timeout", str(args.heartbeat_timeout),
@@ -105,11 +122,11 @@ def supervise(args):
     commands = []
     for rank in range(k):
         cmd = common + place(rank)
-        if gpus:
-            per = len(gpus) // k
-            cmd += ["--gpus", ",".join(gpus[rank * per:(rank + 1) * per])]
+        if split:
+            cmd += ["--gpus", ",".join(split[rank])]
         commands.append(cmd)
-    return Supervisor(commands, args.log_dir, args.stall_timeout, args.max_restarts).run()
+    return Supervisor(commands, args.log_dir, args.stall_timeout, args.max_restarts,
+                      startup_timeout=args.startup_timeout).run()
 
 
 if __name__ == "__main__":

@@ -96,6 +96,21 @@ def test_stuck_worker_is_detected_and_named(tmp_path):
     assert "worker 1" in err and "stuck" in err
 
 
+def test_worker_that_never_reaches_its_first_step_is_named(tmp_path):
+    # worker 1 hangs after set-up, before its first step (JAXOCR_FAULT step 0), as a hang in
+    # NCCL set-up or the first collective would: the stall watch, which starts once every
+    # worker has stepped, cannot see it; the start-up watch ends the job and names it
+    # (set-up alone takes up to ~60 s on the shared 2-core machine: the timeout leaves room)
+    proc = start(tmp_path, "--startup_timeout", "120", env={"JAXOCR_FAULT": "stall:1:0"})
+    rc, out, err = finish(proc, timeout=400)
+    log1 = open(tmp_path / "log" / "workerlog.1").read()
+    assert "fault injection: stall at step 0" in log1, err[-3000:]
+    assert rc != 0
+    assert "worker 1 (pid" in err and "never started training" in err, err[-3000:]
+    assert "--startup_timeout 120" in err and "workerlog.1" in err
+    assert "global_step: " not in log1
+
+
 def test_restart_resumes_after_a_failure(tmp_path):
     # worker 1 dies at step 20 on the first attempt only; a checkpoint every epoch (8 steps)
     proc = start(tmp_path, "--max_restarts", "1", env={"JAXOCR_FAULT": "exit:1:20:0"},

@@ -20,7 +20,7 @@ import yaml
 from jaxocr.data.charset import CharacterDict
 from jaxocr.data.pipeline import Loader
 from jaxocr.config import ConfigError, config_hash
-from jaxocr.distributed import (Preemption, Progress, check_same_config, data_mesh, is_main,
+from jaxocr.distributed import (LaunchError, Preemption, Progress, check_same_config, data_mesh, is_main,
                                 local_rows, sum_across_processes)
 from jaxocr.losses import build_loss
 from jaxocr.metrics import build_metric
@@ -281,6 +281,7 @@ def train(cfg: dict, mesh=None) -> dict:
         loaded = checkpoint.load_pretrained(
             g["pretrained_model"], {"params": state.params, "batch_stats": state.batch_stats})
         state = state.replace(**loaded)
+    _check_same_start(int(meta["global_step"]))
     # The data position is in samples, (epoch, samples into it), so it survives a change of
     # global batch; the step count, the schedule and the stop point follow it.
     old_batch = int(meta.get("global_batch", train_loader.global_batch))
@@ -395,6 +396,19 @@ def train(cfg: dict, mesh=None) -> dict:
     log.info("training finished at global_step %d; checkpoints in %s", global_step, save_dir)
     return {"global_step": global_step, "state": state, "train": train_log.last, "best": best,
             "skipped_images": skipped, "dropped_labels": dict(train_loader.source.dropped)}
+
+
+def _check_same_start(global_step: int):
+    """Every process must resume from the same step (each lists the run directory itself;
+    shared storage may show them different listings)."""
+    if jax.process_count() == 1:
+        return
+    from jax.experimental import multihost_utils
+    every = np.asarray(multihost_utils.process_allgather(
+        np.asarray([global_step], np.int64))).reshape(-1)
+    if (every != every[0]).any():
+        raise LaunchError(f"processes resume from different steps {every.tolist()} (by process); "
+                          "is save_model_dir shared by every host?")
 
 
 def _tensorboard(save_dir):
