@@ -77,21 +77,26 @@ def test_sbatch_directives():
     assert d["--output"].startswith("/shared/") and "%j" in d["--output"]
     assert "--requeue" in d and d["--signal"].startswith("B:USR1@")
     assert "scontrol requeue" in text and "trap on_time_limit USR1" in text
-    # JAX_LOCAL_DEVICE_IDS, where set, lists every GPU of the node
+    # JAX_LOCAL_DEVICE_IDS lists every GPU of the node: without it jax.distributed's SLURM
+    # detection gives the one process per node only GPU SLURM_LOCALID
     m = re.search(r"^export JAX_LOCAL_DEVICE_IDS=(\S+)$", text, re.M)
-    if m:
-        assert m.group(1).split(",") == [str(i) for i in range(int(d["--gpus-per-node"]))]
-    if shutil.which("bash"):
-        r = subprocess.run(["bash", "-n", SBATCH], capture_output=True, text=True)
-        assert r.returncode == 0, r.stderr
+    assert m, "slurm.sbatch must export JAX_LOCAL_DEVICE_IDS (one process drives all GPUs)"
+    assert m.group(1).split(",") == [str(i) for i in range(int(d["--gpus-per-node"]))]
+    bash = shutil.which("bash")
+    assert bash, "bash is needed to syntax-check slurm.sbatch"
+    r = subprocess.run([bash, "-n", SBATCH], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
 
 
 def test_sbatch_srun_line_parses_with_multihost_flags():
-    _, _, tokens = _sbatch()
-    if tokens[-1] == "&":
-        tokens = tokens[:-1]
+    text, _, tokens = _sbatch()
+    # srun runs in the background so that the script's TERM/USR1 traps run while it trains
+    assert tokens[-1] == "&", tokens[-3:]
+    assert re.search(r"^SRUN_PID=\$!$", text, re.M) and 'wait "$SRUN_PID"' in text
+    tokens = tokens[:-1]
     i = tokens.index("python")
-    assert all(t.startswith("-") for t in tokens[1:i]), f"srun options only: {tokens[1:i]}"
+    assert i > 1 and all(t.startswith("-") for t in tokens[1:i]), f"srun options only: {tokens}"
+    assert "--kill-on-bad-exit=1" in tokens[1:i]  # a dead process ends the job step
     args = _check_launch_argv(tokens[i + 1:])
     # SLURM provides the job's layout: no explicit placement flags
     assert args.coordinator is None and args.ips is None and args.process_id is None
@@ -130,7 +135,7 @@ def test_k8s_indexed_job_and_headless_service():
     assert svc["spec"]["clusterIP"] == "None"
     assert pod["subdomain"] == svc["metadata"]["name"]
     labels = job["spec"]["template"]["metadata"]["labels"]
-    assert svc["spec"]["selector"].items() <= labels.items()
+    assert svc["spec"]["selector"] and svc["spec"]["selector"].items() <= labels.items()
     assert svc["spec"].get("publishNotReadyAddresses") is True
     (container,) = pod["containers"]
     assert int(container["resources"]["limits"]["nvidia.com/gpu"]) >= 1
@@ -140,8 +145,8 @@ def test_k8s_indexed_job_and_headless_service():
               for v in pod["volumes"] if "persistentVolumeClaim" in v}
     (shared,) = [n for n in claims if mounts.get(n) == "/shared"]
     pvcs = {p["metadata"]["name"]: p for p in by_kind.get("PersistentVolumeClaim", [])}
-    if claims[shared] in pvcs:
-        assert "ReadWriteMany" in pvcs[claims[shared]]["spec"]["accessModes"]
+    assert claims[shared] in pvcs, f"the claim {claims[shared]} is defined in the example"
+    assert "ReadWriteMany" in pvcs[claims[shared]]["spec"]["accessModes"]
 
 
 def test_k8s_command_line_parses_and_matches_the_job():
@@ -150,7 +155,8 @@ def test_k8s_command_line_parses_and_matches_the_job():
     (container,) = job["spec"]["template"]["spec"]["containers"]
     argv = [str(a) for a in container.get("command", []) + container.get("args", [])]
     env = {e["name"]: e for e in container.get("env", [])}
-    if argv[0] in ("sh", "bash", "/bin/sh", "/bin/bash") and argv[1] == "-c":
+    shell_form = argv[0] in ("sh", "bash", "/bin/sh", "/bin/bash") and argv[1] == "-c"
+    if shell_form:
         # shell form: the shell expands $JOB_COMPLETION_INDEX, which the Job controller sets
         argv = shlex.split(argv[2])
         argv = argv[1:] if argv[0] == "exec" else argv
@@ -164,15 +170,18 @@ def test_k8s_command_line_parses_and_matches_the_job():
     assert os.path.basename(argv[0]).startswith("python"), argv
     i = argv.index("--process_id")
     assert argv[i + 1] in index_refs, f"--process_id {argv[i + 1]} is not the completion index"
-    if argv[i + 1].startswith("$"):
+    if shell_form:  # the shell expands it in the pod: what pod 1 gets
         expanded[i + 1] = "1"
+    assert expanded[i + 1] == "1", expanded[i + 1]  # $(VAR) form: Kubernetes expanded it
     args = _check_launch_argv(expanded[1:])
     assert args.process_id == 1
     assert args.num_processes == job["spec"]["parallelism"]
     host, port = args.coordinator.rsplit(":", 1)
     assert host == f"{job['metadata']['name']}-0.{svc['metadata']['name']}"
     service_ports = [p["port"] for p in svc["spec"].get("ports", [])]
-    assert not service_ports or int(port) in service_ports
+    assert int(port) in service_ports, (port, service_ports)
+    container_ports = [p["containerPort"] for p in container.get("ports", [])]
+    assert int(port) in container_ports, (port, container_ports)
     assert args.ips is None and args.nproc_per_host is None
 
 
@@ -201,7 +210,12 @@ def test_stall_watch_waits_for_every_worker_to_start_then_blames_the_one_behind(
     # worker 0 finished compiling and waits in step 1 for worker 1, still compiling: no stall
     sup.workers = [FakeWorker(0, (1, 40.0)), FakeWorker(1, None)]
     assert sup._stalled() is None
+    # worker 1 just wrote its first step: worker 0's 40 s idle was waiting for it, no stall
+    sup.workers = [FakeWorker(0, (1, 40.0)), FakeWorker(1, (1, 0.0))]
+    assert sup._stalled() is None
     # both stepping, worker 1 stuck at step 3 while worker 0 dispatched step 4
+    import time
+    sup._all_stepped_at = time.monotonic() - 100
     sup.workers = [FakeWorker(0, (4, 20.0)), FakeWorker(1, (3, 21.0))]
     assert sup._stalled().startswith("worker 1 (pid 101) is stuck: no training step after step 3")
     sup.workers = [FakeWorker(0, (4, 5.0)), FakeWorker(1, (3, 6.0))]

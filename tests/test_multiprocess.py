@@ -2,6 +2,7 @@
 
 Slow (each run compiles the step in every worker); CI runs them.
 """
+import json
 import os
 import subprocess
 import sys
@@ -45,9 +46,24 @@ def latest_params(run_dir):
     return step, read_state(str(run_dir))["params"]
 
 
-def eval_line(text):
-    line = [l for l in text.splitlines() if "cur metric" in l][-1]
-    return line.split("cur metric, ")[1].split(", fps")[0]
+def eval_metrics(text):
+    """The last `cur metric, acc: ..., norm_edit_dis: ..., fps: ..., samples: N` line."""
+    lines = [l for l in text.splitlines() if "cur metric, " in l]
+    assert lines, "no eval line:\n" + text[-3000:]
+    body = lines[-1].split("cur metric, ", 1)[1]
+    return {k: float(v) for k, v in (kv.split(": ", 1) for kv in body.split(", "))}
+
+
+def flat_state(state):
+    return {jax.tree_util.keystr(path): np.asarray(leaf)
+            for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]}
+
+
+def read_meta(run_dir):
+    import orbax.checkpoint as ocp
+    directory, step = resolve(str(run_dir))
+    with ocp.CheckpointManager(directory, item_handlers={"meta": ocp.JsonCheckpointHandler()}) as m:
+        return dict(m.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
 
 
 def assert_close(a, b):
@@ -82,11 +98,64 @@ def test_two_processes_equal_one_process_with_the_same_devices(runs):
     assert_close(params_two, params_one)
 
 
-def test_sharded_eval_equals_single_process_eval(runs):
-    _, two, one = runs
-    # 10 eval samples, global batch 8: the second batch is 2 real + 6 masked padding rows
-    assert eval_line(two.stdout) == eval_line(one.stdout)
-    assert "norm_edit_dis: 0.000000" not in eval_line(one.stdout)  # a value that can differ
+def test_sharded_eval_counts_every_sample_once_and_equals_an_unpadded_eval(runs, tmp_path):
+    """10 eval samples, global eval batch 8 (2 per card x 4 devices): the second batch is 2 real
+    rows + 6 masked padding rows, and on 2 processes process 1's share of it is padding only.
+    Counting the padding would give 16 samples and move the metrics."""
+    tmp, two, one = runs
+    sharded, single = eval_metrics(two.stdout), eval_metrics(one.stdout)
+    assert sharded["samples"] == single["samples"] == 10, (sharded, single)
+    for key in ("acc", "norm_edit_dis"):
+        assert sharded[key] == single[key], (key, sharded, single)
+    assert 0 < sharded["norm_edit_dis"] < 1  # a value that moves when the count is wrong
+    # The same checkpoint (the state both evals ran on, step 3) on 1 device at batch 1:
+    # no padding at all, so nothing for a mask to hide.
+    out = tmp_path / "metrics.json"
+    r = subprocess.run([sys.executable, "launch/eval.py", "-c", QUICKSTART, "-o", *COMMON,
+                        f"Global.checkpoints={tmp / 'two'}", "Eval.loader.batch_size_per_card=1",
+                        "--cpu_devices", "1", "--json", str(out)],
+                       capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    with open(out) as f:
+        unpadded = json.load(f)
+    assert unpadded["global_step"] == 3 and unpadded["samples"] == 10, unpadded
+    for key in ("acc", "norm_edit_dis"):  # the log line rounds to 6 decimals
+        assert unpadded[key] == pytest.approx(sharded[key], abs=1e-6), (key, unpadded, sharded)
+
+
+def test_restore_on_another_layout_equals_the_saved_state(runs):
+    """A checkpoint saved by 2 processes x 2 devices, restored by 1 process x 4 devices (and the
+    reverse), is the saved state exactly: every leaf of params, batch_stats, opt_state, step and
+    rng, and the loop metadata. The restoring run has max_steps 3 = the checkpoint's step, so it
+    trains no step and saves what it restored, from its own layout."""
+    tmp, _, _ = runs
+    restored = {
+        "two": run(tmp / "two_restored_on_one", "Global.max_steps=3",
+                   f"Global.checkpoints={tmp / 'two'}", procs=1, devices_per_proc=4),
+        "one": run(tmp / "one_restored_on_two", "Global.max_steps=3",
+                   f"Global.checkpoints={tmp / 'one'}"),
+    }
+    for r in restored.values():
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        assert "(global_step 3)" in r.stdout + r.stderr, (r.stdout + r.stderr)[-3000:]
+    for source, again in (("two", "two_restored_on_one"), ("one", "one_restored_on_two")):
+        step_saved, step_again = resolve(str(tmp / source))[1], resolve(str(tmp / again))[1]
+        assert step_saved == step_again == 3
+        saved, back = flat_state(read_state(str(tmp / source))), flat_state(
+            read_state(str(tmp / again)))
+        assert saved.keys() == back.keys(), sorted(saved.keys() ^ back.keys())
+        for part in ("['params']", "['batch_stats']", "['opt_state']", "['rng']"):
+            assert any(k.startswith(part) for k in saved), (part, sorted(saved)[:5])
+        assert int(saved["['step']"]) == 3
+        for key, value in saved.items():
+            assert back[key].dtype == value.dtype and back[key].shape == value.shape, key
+            np.testing.assert_array_equal(back[key], value, err_msg=f"{source} -> {again}: {key}")
+        meta_saved, meta_again = read_meta(tmp / source), read_meta(tmp / again)
+        for key in ("global_step", "data_epoch", "data_offset", "global_batch"):
+            assert meta_again[key] == meta_saved[key], (key, meta_saved, meta_again)
+        # a trained state, not an init that any restore would reproduce: momentum is non-zero
+        assert any(np.abs(v).max() > 0 for k, v in saved.items() if k.startswith("['opt_state']")
+                   and v.dtype.kind == "f")
 
 
 def test_save_on_two_processes_restore_on_one_and_back(runs):
