@@ -8,9 +8,7 @@ import jax
 import numpy as np
 
 from jaxocr.data.transforms import BadSample, build_transforms
-from jaxocr.postprocess import best_path, ctc_greedy_decode
 from jaxocr.training.loop import Components
-from jaxocr.training.step import logits_of, model_input
 
 log = logging.getLogger("jaxocr")
 
@@ -26,35 +24,39 @@ def image_paths(path: str) -> list[str]:
     raise FileNotFoundError(f"Global.infer_img not found: {path}")
 
 
-def recognize(cfg: dict, batch_size: int = 64):
-    """Yields (path, text, score) per readable image; unreadable ones are logged and skipped."""
+def predict(cfg: dict, batch_size: int = 64):
+    """Yields (path, result) per readable image, the result as the task decodes it (rec:
+    (text, score)); unreadable images are logged and skipped. `Components.task.format`
+    turns a result into the printed line."""
     g = cfg["Global"]
     if not g.get("infer_img"):
         raise FileNotFoundError("set Global.infer_img=FILE_OR_DIR")
     paths = image_paths(g["infer_img"])
     device = jax.local_devices()[0]
     comp = Components(cfg, mesh=None)
-    transform = build_transforms(cfg["Eval"]["dataset"]["transforms"], comp.charset, g, infer=True)
-    samples = _prepare(paths, transform)
+    transform = build_transforms(cfg["Eval"]["dataset"]["transforms"], comp.task.charset, g,
+                                 infer=True)
+    keys = comp.task.device_keys["Eval"]
+    samples = _prepare(paths, transform, keys)
     if not samples:
         return
     state, _ = comp.restore_for_inference(samples[0][1]["image"].shape)
     variables = jax.device_put({"params": state.params, "batch_stats": state.batch_stats}, device)
-    forward = jax.jit(lambda v, batch: best_path(logits_of(comp.model.apply(
-        v, model_input(batch, comp.dtype), train=False))))
+    objective = comp.objective
+    forward = jax.jit(lambda v, batch: objective.predictions(comp.model.apply(
+        v, objective.inputs(batch, comp.dtype), train=False)))
     for start in range(0, len(samples), batch_size):
         chunk = samples[start:start + batch_size]
         pad = batch_size - len(chunk)  # one compiled shape for every batch
         batch = {k: np.stack([s[k] for _, s in chunk] + [np.zeros_like(chunk[0][1][k])] * pad)
                  for k in chunk[0][1]}
-        ids, probs = forward(variables, jax.device_put(batch, device))
-        decoded = ctc_greedy_decode(np.asarray(ids)[:len(chunk)], np.asarray(probs)[:len(chunk)],
-                                    comp.charset)
-        for (path, _), (text, score) in zip(chunk, decoded):
-            yield path, text, score
+        out = jax.device_get(forward(variables, jax.device_put(batch, device)))
+        results = comp.task.decode(jax.tree.map(lambda x: np.asarray(x)[:len(chunk)], out))
+        for (path, _), result in zip(chunk, results):
+            yield path, result
 
 
-def _prepare(paths, transform):
+def _prepare(paths, transform, keys):
     samples, skipped = [], 0
     rng = np.random.default_rng(0)
     for path in paths:
@@ -65,7 +67,7 @@ def _prepare(paths, transform):
             log.warning("skipped %s: %s", path, e)
             skipped += 1
             continue
-        samples.append((path, {k: out[k] for k in ("image", "valid_width") if k in out}))
+        samples.append((path, {k: out[k] for k in keys if k in out}))
     if skipped:
         log.warning("%d unreadable images skipped", skipped)
     return samples

@@ -37,11 +37,10 @@ def train_speed(cfg, steps: int, warmup: int, sync_grads: bool = True,
     import resource
 
     import jax
-    from jaxocr.data.pipeline import Loader
     from jaxocr.profile import all_reduce_counts
     from jaxocr.training.loop import Components
     comp = Components(cfg)
-    loader = Loader(cfg, "Train", comp.charset, comp.mesh)
+    loader = comp.loader("Train")
     state, tx, _ = comp.build_state(loader.load(0, 0)["image"].shape, loader.steps_per_epoch)
     grad_bytes = all_reduce_bytes(state.params, state.batch_stats)
     state = jax.device_put(state, comp.repl)
@@ -177,9 +176,9 @@ def data_speed(cfg, workers: list[int], batches: int, png: int = 0, png_dir: str
                no_augment: bool = False) -> dict:
     """images/s of the host pipeline (decode, transforms, batching) per worker count, per core
     used (min(workers, usable cores)) and relative to the first worker count."""
-    from jaxocr.data.charset import CharacterDict
-    from jaxocr.data.pipeline import Loader, usable_cores
+    from jaxocr.data.pipeline import usable_cores
     from jaxocr.distributed import data_mesh
+    from jaxocr.training.loop import Components
     if png:
         png_dataset(cfg, png, png_dir)
     ops = cfg["Train"]["dataset"].get("transforms") or []
@@ -192,9 +191,10 @@ def data_speed(cfg, workers: list[int], batches: int, png: int = 0, png_dir: str
     out = {"dataset": cfg["Train"]["dataset"]["name"],
            "transforms": [next(iter(op)) if isinstance(op, dict) else op for op in ops]}
     first = None
+    comp = Components(cfg, data_mesh())
     for n in workers:
         cfg["Train"]["loader"]["num_workers"] = n
-        loader = Loader(cfg, "Train", CharacterDict.from_config(cfg["Global"]), data_mesh())
+        loader = comp.loader("Train")
         out["worker_type"] = loader.worker_type
         it = loader.host_stream(0)
         for _ in range(2 * max(1, n)):  # start-up (every worker's first batch) is not throughput
@@ -218,14 +218,12 @@ def data_speed(cfg, workers: list[int], batches: int, png: int = 0, png_dir: str
 
 def converge(cfg) -> dict:
     from jaxocr.training.loop import Components, evaluate, train
-    from jaxocr.training.step import make_eval_step
     t0 = time.perf_counter()
     result = train(cfg)
     train_s = time.perf_counter() - t0
     comp = Components(cfg)
     loader = comp.eval_loader()
-    metrics = evaluate(comp, result["state"], make_eval_step(comp.model, comp.mesh, comp.dtype),
-                       loader)
+    metrics = evaluate(comp, result["state"], comp.eval_step(), loader)
     return {"train_s": round(train_s, 1), "steps": result["global_step"],
             "images": result["global_step"] * cfg["Train"]["loader"]["batch_size_per_card"]
             * comp.mesh.size,
@@ -264,11 +262,10 @@ def scaling(args, cfg) -> dict:
 
 
 def model_grad_bytes(cfg) -> int:
-    from jaxocr.data.pipeline import Loader
     from jaxocr.training.loop import Components
     from jaxocr.training.step import init_variables
     comp = Components(cfg)
-    shape = Loader(cfg, "Train", comp.charset, comp.mesh).load(0, 0)["image"].shape
+    shape = comp.image_shape or comp.loader("Train").load(0, 0)["image"].shape
     variables = init_variables(comp.model, shape, 0)
     return all_reduce_bytes(variables["params"], variables.get("batch_stats", {}))
 

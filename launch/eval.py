@@ -18,11 +18,10 @@ def main():
     cli.set_cpu_devices(args.cpu_devices)
     cfg = cli.load(args)
     from jaxocr.training.loop import Components, evaluate
-    from jaxocr.training.step import make_eval_step
     comp = Components(cfg)
     loader = comp.eval_loader()
     state, meta = comp.restore_for_inference(loader.load(0, 0)["image"].shape)
-    metrics = evaluate(comp, state, make_eval_step(comp.model, comp.mesh, comp.dtype), loader)
+    metrics = evaluate(comp, state, comp.eval_step(), loader)
     for k, v in metrics.items():
         print(f"{k}: {v}")
     if args.json:

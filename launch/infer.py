@@ -1,4 +1,5 @@
-"""Recognise text in an image or a directory of images; prints `path<TAB>text<TAB>score`.
+"""Run a trained model on an image or a directory of images; prints one line per image,
+`path<TAB>` and the task's result (rec: `text<TAB>score`).
 
     python launch/infer.py -c CONFIG -o Global.checkpoints=DIR Global.infer_img=FILE_OR_DIR
 """
@@ -14,9 +15,11 @@ def main():
     args = cli.parser(__doc__).parse_args()
     cli.set_cpu_devices(args.cpu_devices)
     cfg = cli.load(args)
-    from jaxocr.infer import recognize
-    for path, text, score in recognize(cfg):
-        print(f"{path}\t{text}\t{score:.6f}", flush=True)
+    from jaxocr.infer import predict
+    from jaxocr.tasks import build_task
+    task = build_task(cfg)
+    for path, result in predict(cfg):
+        print(f"{path}\t{task.format(result)}", flush=True)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,11 @@ import pytest
 from jaxocr.distributed import data_mesh
 from jaxocr.losses import batch_mean, build_loss
 from jaxocr.models import build_model
+from jaxocr.data.charset import CharacterDict
+from jaxocr.metrics.rec_device import canonical_ids
+from jaxocr.metrics.rec_metric import RecMetric
 from jaxocr.profile import all_reduce_counts
+from jaxocr.tasks.rec import CTCObjective
 from jaxocr.training.step import (batch_sharding, count_params, create_state, init_variables,
                                   make_train_step, replicated)
 
@@ -25,6 +29,9 @@ TINY_ARCH = {**ARCH, "Backbone": {"name": "MobileNetV3", "scale": 0.35, "model_n
              "Neck": {"name": "SequenceEncoder", "encoder_type": "rnn", "hidden_size": 48}}
 SHAPE = (32, 100, 3)
 LOSS = build_loss({"name": "CTCLoss"})
+OBJECTIVE = CTCObjective(LOSS)
+# as the training loop builds it: with the on-device train metric (cal_metric_during_train)
+WITH_METRIC = CTCObjective(LOSS, canonical_ids(CharacterDict(), RecMetric()))
 
 
 def _batch(n, seed=0):
@@ -44,7 +51,7 @@ def _run_step(devices, batch, sync_bn, tx):
     model = build_model(TINY_ARCH, bn_axis_name="data" if sync_bn else None, dtype=jnp.float64)
     state = create_state(_f64_variables(model), tx, 0)
     state = jax.device_put(state, replicated(mesh))
-    step = make_train_step(model, tx, LOSS, mesh, dtype=jnp.float64)
+    step = make_train_step(model, tx, OBJECTIVE, mesh, dtype=jnp.float64)
     dev_batch = jax.device_put(batch, batch_sharding(mesh))
     new_state, out = step(state, dev_batch)
     return jax.device_get(new_state), float(out["loss"])
@@ -132,7 +139,7 @@ def test_one_gradient_all_reduce_per_step_and_none_inside_loops():
     variables = init_variables(model, SHAPE, 0)
     state = jax.device_put(create_state(variables, tx, 0), replicated(mesh))
     batch = jax.device_put(_batch(8), batch_sharding(mesh))
-    hlo = make_train_step(model, tx, LOSS, mesh).lower(state, batch).compile().as_text()
+    hlo = make_train_step(model, tx, WITH_METRIC, mesh).lower(state, batch).compile().as_text()
     counts = all_reduce_counts(hlo)
     assert counts["while_loops"] > 0, "the LSTM should compile to while loops"
     assert counts["all_reduces_in_loops"] == 0, counts
@@ -154,7 +161,7 @@ def test_lockstep_step_all_reduces_only_two_scalars():
     tx = optax.sgd(0.1)
     state = jax.device_put(create_state(init_variables(model, SHAPE, 0), tx, 0), replicated(mesh))
     batch = jax.device_put(_batch(8), batch_sharding(mesh))
-    hlo = make_train_step(model, tx, LOSS, mesh, sync_grads=False).lower(
+    hlo = make_train_step(model, tx, OBJECTIVE, mesh, sync_grads=False).lower(
         state, batch).compile().as_text()
     reduces = all_reduces(hlo)
     assert [shapes for _, shapes, _ in reduces] == [[("f32", 2)]], reduces

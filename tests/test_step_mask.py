@@ -8,6 +8,7 @@ from flax import linen as nn
 
 from jaxocr.distributed import data_mesh
 from jaxocr.losses import build_loss
+from jaxocr.tasks.rec import CTCObjective
 from jaxocr.training.step import batch_sharding, create_state, make_train_step, replicated
 
 T, C, L = 6, 5, 3
@@ -45,7 +46,7 @@ def test_masked_rows_do_not_count():
     def run(b):
         state = jax.device_put(create_state({"params": params}, tx, 0), replicated(mesh))
         b = jax.device_put(b, batch_sharding(mesh))
-        state, out = make_train_step(model, tx, LOSS, mesh)(state, b)
+        state, out = make_train_step(model, tx, CTCObjective(LOSS), mesh)(state, b)
         return jax.device_get(state.params), float(out["loss"])
 
     garbage = {**_batch(np.random.default_rng(1), 8)}
@@ -77,5 +78,5 @@ def test_a_head_returning_features_trains():
     params = jax.device_get(model.init(jax.random.PRNGKey(0), jnp.zeros((1, 4, 4, 1)))["params"])
     state = jax.device_put(create_state({"params": params}, tx, 0), replicated(mesh))
     batch = jax.device_put(_batch(np.random.default_rng(0), 4), batch_sharding(mesh))
-    state, out = make_train_step(model, tx, LOSS, mesh)(state, batch)
+    state, out = make_train_step(model, tx, CTCObjective(LOSS), mesh)(state, batch)
     assert np.isfinite(float(out["loss"])) and int(state.step) == 1

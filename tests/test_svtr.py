@@ -12,6 +12,7 @@ from jaxocr.models import build_model
 from jaxocr.models.backbones.svtrnet import adaptive_avg_pool_matrix, local_attention_mask
 from jaxocr.models.transforms.stn import (_ctrl_points, grid_sample, resize_align_corners_matrix,
                                           tps_matrices)
+from jaxocr.tasks.rec import CTCObjective
 from jaxocr.training.optimizer import _decay_mask
 
 SVTR = os.path.join(ROOT, "configs/rec/rec_svtrnet.yml")
@@ -184,7 +185,7 @@ def test_svtr_step_keeps_the_horovod_contract_on_4_devices(small_svtr):
              "label": rng.integers(1, 37, (8, 25)).astype(np.int32),
              "length": np.full(8, 25, np.int32)}
     batch = jax.device_put(batch, batch_sharding(mesh))
-    step = make_train_step(model, tx, build_loss({"name": "CTCLoss"}), mesh)
+    step = make_train_step(model, tx, CTCObjective(build_loss({"name": "CTCLoss"})), mesh)
     counts = all_reduce_counts(step.lower(state, batch).compile().as_text())
     assert 1 <= counts["all_reduces"] <= 3 and counts["all_reduces_in_loops"] == 0, counts
     new_state, metrics = step(state, batch)

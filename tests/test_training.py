@@ -70,8 +70,10 @@ def test_a_bigger_batch_past_half_way_does_not_stop_at_once(tmp_path):
 
 
 def test_train_log_reads_a_line_after_the_next_step_and_smooths_acc(caplog):
+    from jaxocr.tasks.rec import RecTask
     from jaxocr.training.loop import TrainLog
-    log = TrainLog({"log_smooth_window": 3, "cal_metric_during_train": True}, 2, 8, 1, None)
+    log = TrainLog({"log_smooth_window": 3, "cal_metric_during_train": True}, 2, 8, 1, None,
+                   RecTask.summarize)
     accs = [0.0, 0.5, 1.0, 1.0]
     for a in accs:
         log.add({"loss": jax.numpy.asarray(1.0), "metric": jax.numpy.asarray([8 * a, 0.0, 8.0])})
@@ -185,13 +187,12 @@ def test_amp_computes_in_bfloat16_and_keeps_float32_state(tmp_path):
 
 
 def test_use_amp_computes_in_bfloat16_and_keeps_float32_state(tmp_path):
-    from jaxocr.data.pipeline import Loader
     from jaxocr.training.loop import Components
     losses = {}
     for amp in (False, True):
         cfg = tiny_config(tmp_path, f"Global.use_amp={amp}")
         comp = Components(cfg)
-        loader = Loader(cfg, "Train", comp.charset, comp.mesh)
+        loader = comp.loader("Train")
         state, tx, _ = comp.build_state(loader.load(0, 0)["image"].shape, loader.steps_per_epoch)
         state = jax.device_put(state, comp.repl)
         step = comp.train_step(tx)

@@ -256,10 +256,13 @@ class Loader:
     epoch after this batch, the resume position) and `epoch_end` (bool).
     """
 
-    def __init__(self, cfg: dict, mode: str, charset, mesh, max_ctc_steps: int | None = None):
+    def __init__(self, cfg: dict, mode: str, charset, mesh, max_ctc_steps: int | None = None,
+                 device_keys=None):
         """`max_ctc_steps`: the CTC frames the model emits; Train labels needing more are
-        dropped when the source is scanned (counted as too_long_for_ctc)."""
+        dropped when the source is scanned (counted as too_long_for_ctc). `device_keys`: the
+        batch keys that go to the devices (the task's; recognition's by default)."""
         section, g = cfg[mode], cfg["Global"]
+        self.device_keys = tuple(device_keys or DEVICE_KEYS[mode])
         self.mode = mode
         self.seed = int(g["seed"])
         self.epoch_num = int(g.get("epoch_num", 1))
@@ -379,7 +382,7 @@ class Loader:
     # ---- device batches ----
     def _prefetch(self, host_iter, sharding, prefetch) -> "DevicePrefetcher":
         self._prefetchers = [p for p in self._prefetchers if p.alive()]
-        pf = DevicePrefetcher(host_iter, sharding, DEVICE_KEYS[self.mode], prefetch)
+        pf = DevicePrefetcher(host_iter, sharding, self.device_keys, prefetch)
         self._prefetchers.append(pf)
         return pf
 

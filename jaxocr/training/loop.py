@@ -17,16 +17,12 @@ import jax.numpy as jnp
 import numpy as np
 import yaml
 
-from jaxocr.data.charset import CharacterDict
 from jaxocr.data.pipeline import Loader
 from jaxocr.config import ConfigError, config_hash
 from jaxocr.distributed import (LaunchError, Preemption, Progress, check_same_config, data_mesh, is_main,
                                 local_rows, sum_across_processes)
-from jaxocr.losses import build_loss
-from jaxocr.metrics import build_metric
-from jaxocr.metrics.rec_device import canonical_ids
 from jaxocr.models import build_model
-from jaxocr.postprocess import ctc_greedy_decode, decode_labels
+from jaxocr.tasks import build_task
 from jaxocr.training import checkpoint
 from jaxocr.training.optimizer import build_optimizer, with_schedule_step
 from jaxocr.training.step import (TrainState, batch_sharding, count_params, create_state,
@@ -58,32 +54,30 @@ def setup_logging(save_dir: str | None, main: bool = True):
 
 
 class Components:
-    """Everything built from a config that train, eval and infer share."""
+    """Everything built from a config that train, eval and infer share: the task, the model,
+    the mesh and the compiled steps."""
 
     def __init__(self, cfg: dict, mesh=None):
         g = cfg["Global"]
         self.cfg = cfg
         self.mesh = mesh or data_mesh()
-        self.charset = CharacterDict.from_config(g)
-        head = cfg["Architecture"].setdefault("Head", {})
-        if head.get("name", "CTCHead") == "CTCHead":
-            head["out_channels"] = self.charset.num_classes
+        self.task = build_task(cfg)
         self.dtype = compute_dtype(g)
         self.model = build_model(cfg["Architecture"],
                                  bn_axis_name="data" if g["use_sync_bn"] else None,
                                  dtype=self.dtype, conv_impl=g["conv_impl"])
         self.repl = replicated(self.mesh)
         self.batch_sharding = batch_sharding(self.mesh)
-        self.image_shape = input_shape(cfg)
+        self.image_shape = self.task.input_shape()
+        self.objective = self.task.objective()
 
-    def seq_len(self) -> int | None:
-        """CTC frames the model emits per image (None if the input shape is not configured)."""
-        if self.image_shape is None:
-            return None
-        x = jax.ShapeDtypeStruct((1, *self.image_shape), jnp.float32)
-        out, _ = jax.eval_shape(lambda x: self.model.init_with_output(
-            jax.random.PRNGKey(0), x, train=False), x)
-        return int(out.shape[1])
+    def loader(self, mode: str) -> Loader:
+        return Loader(self.cfg, mode, self.task.charset, self.mesh,
+                      device_keys=self.task.device_keys[mode],
+                      **self.task.loader_options(self.model, mode))
+
+    def eval_loader(self) -> Loader:
+        return self.loader("Eval")
 
     def build_state(self, image_shape, steps_per_epoch: int = 1):
         """A fresh train state and its optimizer: (state, tx, schedule)."""
@@ -93,17 +87,13 @@ class Components:
                                        variables["params"], steps_per_epoch, int(g["epoch_num"]))
         return create_state(variables, tx, int(g["seed"])), tx, schedule
 
-    def metric_table(self):
-        """RecMetric's class table for the on-device train metric, or None when not asked for."""
-        if not self.cfg["Global"]["cal_metric_during_train"]:
-            return None
-        return canonical_ids(self.charset, build_metric(self.cfg.get("Metric")))
-
     def train_step(self, tx, sync_grads: bool = True):
-        """The compiled data-parallel step for this config's model, loss and compute dtype."""
-        return make_train_step(self.model, tx, build_loss(self.cfg.get("Loss")), self.mesh,
-                               self.dtype, sync_grads=sync_grads,
-                               metric_table=self.metric_table())
+        """The compiled data-parallel step for this config's model, objective and dtype."""
+        return make_train_step(self.model, tx, self.objective, self.mesh, self.dtype,
+                               sync_grads=sync_grads)
+
+    def eval_step(self):
+        return make_eval_step(self.model, self.mesh, self.objective, self.dtype)
 
     def restore_for_inference(self, image_shape):
         """Params and BN stats from `Global.checkpoints`, replicated over the mesh; the
@@ -120,9 +110,6 @@ class Components:
                            rng=jax.random.PRNGKey(0))
         return state, meta
 
-    def eval_loader(self):
-        return Loader(self.cfg, "Eval", self.charset, self.mesh)
-
 
 def compute_dtype(g: dict):
     if not g["use_amp"]:
@@ -133,26 +120,13 @@ def compute_dtype(g: dict):
     return jnp.bfloat16
 
 
-def input_shape(cfg: dict) -> tuple[int, int, int] | None:
-    """(H, W, C) of the Train images, from the config's resize op."""
-    for op in cfg["Train"]["dataset"].get("transforms") or []:
-        if isinstance(op, dict) and len(op) == 1:
-            (name, kw), = op.items()
-            if name in ("RecResizeImg", "SVTRRecResizeImg") and kw and kw.get("image_shape"):
-                c, h, w = (int(v) for v in kw["image_shape"])
-                return h, w, c
-    return None
-
-
 def evaluate(comp: Components, state, eval_step, loader: Loader) -> dict:
     """Exact over the whole eval set: every process its shard, padding masked, sums reduced."""
-    metric = build_metric(comp.cfg.get("Metric"))
+    metric = comp.task.build_metric()
     t0 = time.perf_counter()
     for device, host in loader.batches(0, 0, comp.batch_sharding):
-        ids, probs = eval_step(state, device)
-        preds = ctc_greedy_decode(local_rows(ids), local_rows(probs), comp.charset)
-        targets = decode_labels(host["label"], host["length"], comp.charset)
-        metric.update([p for p, _ in preds], targets, host["mask"])
+        predictions = jax.tree.map(local_rows, eval_step(state, device))
+        comp.task.update_metric(metric, predictions, host)
     elapsed = time.perf_counter() - t0
     metric.sums = sum_across_processes(metric.sums)
     n = metric.sums[2]
@@ -181,11 +155,12 @@ class TrainLog:
     been dispatched. Values are medians over the last `log_smooth_window` steps, as PaddleOCR's
     TrainingStats (its acc too: each step's batch accuracy, smoothed)."""
 
-    def __init__(self, g: dict, per_card: int, global_batch: int, epoch_num: int, writer):
+    def __init__(self, g: dict, per_card: int, global_batch: int, epoch_num: int, writer,
+                 summarize=None):
         self.windows = collections.defaultdict(
             lambda: collections.deque(maxlen=int(g["log_smooth_window"])))
         self.per_card, self.global_batch, self.epoch_num = per_card, global_batch, epoch_num
-        self.with_metric = bool(g["cal_metric_during_train"])
+        self.summarize = summarize if g["cal_metric_during_train"] else None  # sums -> values
         self.writer = writer
         self.pending: list = []   # device outputs of the steps since the last line
         self.ready = None         # a line's outputs in flight to the host, with its context
@@ -208,10 +183,9 @@ class TrainLog:
         self.ready = None
         for out in jax.device_get(outs):
             self.windows["loss"].append(float(out["loss"]))
-            if self.with_metric:
-                correct, dist, n = (float(v) for v in out["metric"])
-                self.windows["acc"].append(correct / max(n, 1e-12))
-                self.windows["norm_edit_dis"].append(1 - dist / max(n, 1e-12))
+            if self.summarize:
+                for k, v in self.summarize(out["metric"]).items():
+                    self.windows[k].append(v)
         last = {"lr": c["lr"]}
         last.update({k: float(np.median(w)) for k, w in self.windows.items()})
         self.last = last
@@ -257,7 +231,7 @@ def train(cfg: dict, mesh=None) -> dict:
     mesh = comp.mesh
     log.info("devices: %d (%d per process x %d processes, backend %s)", mesh.size,
              jax.local_device_count(), jax.process_count(), jax.default_backend())
-    train_loader = Loader(cfg, "Train", comp.charset, mesh, max_ctc_steps=comp.seq_len())
+    train_loader = comp.loader("Train")
     eval_loader = comp.eval_loader() if cfg.get("Eval") else None
     steps_per_epoch = train_loader.steps_per_epoch
     epoch_num = int(g["epoch_num"])
@@ -275,13 +249,13 @@ def train(cfg: dict, mesh=None) -> dict:
     # ---- restore ----
     meta = {"global_step": 0, "best_metric": {}}
     resume = checkpoint.resume_source(save_dir, g.get("checkpoints"), g["auto_resume"])
+    _check_same_start(checkpoint.resolve(resume)[1] if resume else -1)
     if resume:
         state, meta = checkpoint.restore(resume, state, comp.repl)
     elif g.get("pretrained_model"):
         loaded = checkpoint.load_pretrained(
             g["pretrained_model"], {"params": state.params, "batch_stats": state.batch_stats})
         state = state.replace(**loaded)
-    _check_same_start(int(meta["global_step"]))
     # The data position is in samples, (epoch, samples into it), so it survives a change of
     # global batch; the step count, the schedule and the stop point follow it.
     old_batch = int(meta.get("global_batch", train_loader.global_batch))
@@ -297,10 +271,10 @@ def train(cfg: dict, mesh=None) -> dict:
                  meta["global_step"], float(schedule(global_step)))
     state = jax.device_put(state, comp.repl)
     best = dict(meta.get("best_metric") or {})
-    main_key = (cfg.get("Metric") or {}).get("main_indicator", "acc")
+    main_key = comp.task.main_indicator
 
     train_step = comp.train_step(tx)
-    eval_step = make_eval_step(comp.model, mesh, comp.dtype)
+    eval_step = comp.eval_step()
     ckpt = checkpoint.Checkpointer(save_dir)
     cadence = checkpoint.Cadence(g.get("save_every_steps") or 0,
                                  g.get("save_every_minutes") or 0.0, start_step=global_step)
@@ -308,7 +282,8 @@ def train(cfg: dict, mesh=None) -> dict:
     progress = Progress()
     writer = _tensorboard(save_dir) if is_main() and g["use_tensorboard"] else None
     per_card = int(cfg["Train"]["loader"]["batch_size_per_card"])
-    train_log = TrainLog(g, per_card, train_loader.global_batch, epoch_num, writer)
+    train_log = TrainLog(g, per_card, train_loader.global_batch, epoch_num, writer,
+                         comp.task.summarize)
 
     def snapshot():
         return {"global_step": global_step, "best_metric": best, "data_epoch": data_epoch,
@@ -399,8 +374,8 @@ def train(cfg: dict, mesh=None) -> dict:
 
 
 def _check_same_start(global_step: int):
-    """Every process must resume from the same step (each lists the run directory itself;
-    shared storage may show them different listings)."""
+    """Every process must resume from the same checkpoint step (-1: none); each lists the
+    run directory itself, and shared storage may show them different listings."""
     if jax.process_count() == 1:
         return
     from jax.experimental import multihost_utils

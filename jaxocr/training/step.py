@@ -15,10 +15,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from jaxocr.data.device_norm import normalize_rec_images
 from jaxocr.distributed import AXIS
-from jaxocr.metrics.rec_device import rec_metric_sums
-from jaxocr.postprocess import best_path
 
 try:  # jax >= 0.7 exports shard_map at the top level
     from jax import shard_map as _shard_map
@@ -64,28 +61,14 @@ def pmean_flat(tree, axis_name=AXIS):
     return unravel(jax.lax.pmean(flat, axis_name))
 
 
-def model_input(batch, dtype):
-    """The model's input from a batch: uint8 images (with `valid_width`) are normalised here,
-    on the device, so the host ships a quarter of the bytes; float images pass through."""
-    if not isinstance(batch, dict):
-        return batch.astype(dtype)
-    images = batch["image"]
-    if images.dtype == jnp.uint8:
-        return normalize_rec_images(images, batch["valid_width"], dtype)
-    return images.astype(dtype)
+def make_train_step(model, tx, objective, mesh, dtype=jnp.float32, sync_grads: bool = True):
+    """Returns step(state, batch) -> (state, out).
 
-
-def logits_of(outputs):
-    """A head may return (features, logits) in training (CTCHead's return_feats)."""
-    return outputs[-1] if isinstance(outputs, (tuple, list)) else outputs
-
-
-def make_train_step(model, tx, loss_fn, mesh, dtype=jnp.float32, sync_grads: bool = True,
-                    metric_table=None):
-    """Returns step(state, batch) -> (state, out); out["loss"] is the mean loss over the real
-    rows of the global batch and, with `metric_table` (see metrics/rec_device.py),
-    out["metric"] RecMetric's (correct, edit distance, count) over them, both averaged over
-    devices (ratios of them are exact).
+    `objective` is the task's part of the step (e.g. tasks/rec.py's CTCObjective):
+    `inputs(batch, dtype)` the model's input, `loss(outputs, batch)` per-row losses (B,), and
+    `metric(outputs, batch, mask)` a fixed-size vector of train-metric sums, or None.
+    out["loss"] is the mean loss over the real rows of the global batch and out["metric"]
+    the metric sums averaged over devices (ratios of them are exact; zeros without a metric).
 
     Rows with `mask` 0 (padding of a last partial batch) add nothing: each device sums its
     masked loss over its rows, and the gradients are divided by the global share of real rows,
@@ -97,7 +80,7 @@ def make_train_step(model, tx, loss_fn, mesh, dtype=jnp.float32, sync_grads: boo
     """
 
     def per_device(state: TrainState, batch):
-        images = model_input(batch, dtype)
+        images = objective.inputs(batch, dtype)
         mask = batch.get("mask")
         mask = jnp.ones(images.shape[0]) if mask is None else mask.astype(jnp.float32)
 
@@ -107,18 +90,14 @@ def make_train_step(model, tx, loss_fn, mesh, dtype=jnp.float32, sync_grads: boo
                 mutable=["batch_stats"],
                 rngs={"dropout": jax.random.fold_in(jax.random.fold_in(state.rng, state.step),
                                                     jax.lax.axis_index(AXIS))})
-            logits = logits_of(outputs)
-            losses = loss_fn(logits, batch["label"], batch["length"])
-            loss = jnp.sum(losses * mask) / mask.shape[0]
-            return loss, (logits, updated.get("batch_stats", {}))
+            loss = jnp.sum(objective.loss(outputs, batch) * mask) / mask.shape[0]
+            return loss, (outputs, updated.get("batch_stats", {}))
 
-        (loss, (logits, batch_stats)), grads = jax.value_and_grad(compute_loss, has_aux=True)(
+        (loss, (outputs, batch_stats)), grads = jax.value_and_grad(compute_loss, has_aux=True)(
             state.params)
         share = jnp.mean(mask)  # of this device's rows; after the pmean, of the global batch
-        metric = jnp.zeros(3)
-        if metric_table is not None:
-            ids, _ = best_path(logits)
-            metric = rec_metric_sums(ids, batch["label"], batch["length"], mask, metric_table)
+        metric = objective.metric(outputs, batch, mask)
+        metric = jnp.zeros(1) if metric is None else metric
         if sync_grads:
             grads, batch_stats, loss, share, metric = pmean_flat(
                 (grads, batch_stats, loss, share, metric))
@@ -138,16 +117,16 @@ def make_train_step(model, tx, loss_fn, mesh, dtype=jnp.float32, sync_grads: boo
     return jax.jit(sharded, donate_argnums=(0,))
 
 
-def make_eval_step(model, mesh, dtype=jnp.float32):
-    """Forward in eval mode on a batch (or an image array); returns the best path (ids, probs),
-    sharded on 'data'."""
+def make_eval_step(model, mesh, objective, dtype=jnp.float32):
+    """Forward in eval mode on a batch; returns `objective.predictions(outputs)` (arrays sharded
+    on 'data', e.g. a recogniser's best path)."""
 
     def per_device(state: TrainState, batch):
-        probs = model.apply({"params": state.params, "batch_stats": state.batch_stats},
-                            model_input(batch, dtype), train=False)
-        return best_path(logits_of(probs).astype(jnp.float32))
+        outputs = model.apply({"params": state.params, "batch_stats": state.batch_stats},
+                              objective.inputs(batch, dtype), train=False)
+        return objective.predictions(outputs)
 
-    sharded = shard_map(per_device, mesh, in_specs=(P(), P(AXIS)), out_specs=(P(AXIS), P(AXIS)))
+    sharded = shard_map(per_device, mesh, in_specs=(P(), P(AXIS)), out_specs=P(AXIS))
     return jax.jit(sharded)
 
 

@@ -1,0 +1,130 @@
+"""Text recognition with CTC (`Architecture.model_type: rec`): CRNN, SVTR.
+
+What the task-agnostic core asks of it: the character dictionary and the head size, the input
+shape, the keys and loader options of its batches, the objective the compiled step runs
+(model input, per-row loss, on-device train metric), what the eval step returns, and the
+host-side decoding and metric.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxocr.data.charset import CharacterDict
+from jaxocr.data.device_norm import normalize_rec_images
+from jaxocr.losses import build_loss
+from jaxocr.metrics import build_metric
+from jaxocr.metrics.rec_device import canonical_ids, rec_metric_sums
+from jaxocr.postprocess import best_path, ctc_greedy_decode, decode_labels
+
+RESIZE_OPS = ("RecResizeImg", "SVTRRecResizeImg")
+
+
+def logits_of(outputs):
+    """A head may return (features, logits) in training (CTCHead's return_feats)."""
+    return outputs[-1] if isinstance(outputs, (tuple, list)) else outputs
+
+
+class CTCObjective:
+    """What the compiled step computes for a CTC recogniser.
+
+    inputs: uint8 images (with `valid_width`) normalised on the device as PaddleOCR's
+    resize_norm_img; float images pass through. loss: per-row CTC losses (B,). metric:
+    RecMetric's (correct, edit distance, count) over the rows with mask 1, or None.
+    """
+
+    def __init__(self, loss_fn, metric_table=None):
+        self.loss_fn = loss_fn
+        self.metric_table = metric_table
+
+    @staticmethod
+    def inputs(batch, dtype):
+        if not isinstance(batch, dict):
+            return batch.astype(dtype)
+        images = batch["image"]
+        if images.dtype == jnp.uint8:
+            return normalize_rec_images(images, batch["valid_width"], dtype)
+        return images.astype(dtype)
+
+    def loss(self, outputs, batch):
+        return self.loss_fn(logits_of(outputs), batch["label"], batch["length"])
+
+    def metric(self, outputs, batch, mask):
+        if self.metric_table is None:
+            return None
+        ids, _ = best_path(logits_of(outputs))
+        return rec_metric_sums(ids, batch["label"], batch["length"], mask, self.metric_table)
+
+    @staticmethod
+    def predictions(outputs):
+        """Eval mode: the best path (ids, probabilities), the only arrays that leave the device."""
+        return best_path(logits_of(outputs).astype(jnp.float32))
+
+
+class RecTask:
+    name = "rec"
+    device_keys = {"Train": ("image", "valid_width", "label", "length", "mask"),
+                   "Eval": ("image", "valid_width")}
+
+    def __init__(self, cfg: dict):
+        self.cfg = cfg
+        self.charset = CharacterDict.from_config(cfg["Global"])
+        head = cfg["Architecture"].setdefault("Head", {})
+        if head.get("name", "CTCHead") == "CTCHead":
+            head["out_channels"] = self.charset.num_classes
+        self.main_indicator = (cfg.get("Metric") or {}).get("main_indicator", "acc")
+
+    def input_shape(self) -> tuple[int, int, int] | None:
+        """(H, W, C) of the Train images, from the config's resize op."""
+        for op in self.cfg["Train"]["dataset"].get("transforms") or []:
+            if isinstance(op, dict) and len(op) == 1:
+                (name, kw), = op.items()
+                if name in RESIZE_OPS and kw and kw.get("image_shape"):
+                    c, h, w = (int(v) for v in kw["image_shape"])
+                    return h, w, c
+        return None
+
+    def loader_options(self, model, mode: str) -> dict:
+        """Train labels needing more CTC frames than the model emits are dropped at scan."""
+        shape = self.input_shape()
+        if mode != "Train" or shape is None:
+            return {}
+        x = jax.ShapeDtypeStruct((1, *shape), jnp.float32)
+        out, _ = jax.eval_shape(lambda x: model.init_with_output(
+            jax.random.PRNGKey(0), x, train=False), x)
+        return {"max_ctc_steps": int(out.shape[1])}
+
+    def objective(self) -> CTCObjective:
+        table = None
+        if self.cfg["Global"]["cal_metric_during_train"]:
+            table = canonical_ids(self.charset, build_metric(self.cfg.get("Metric")))
+        return CTCObjective(build_loss(self.cfg.get("Loss")), table)
+
+    @staticmethod
+    def summarize(sums) -> dict:
+        """A step's train-metric sums -> the log line's values (ratios: the device average
+        the all-reduce takes cancels)."""
+        correct, dist, n = (float(v) for v in sums)
+        return {"acc": correct / max(n, 1e-12), "norm_edit_dis": 1 - dist / max(n, 1e-12)}
+
+    def build_metric(self):
+        return build_metric(self.cfg.get("Metric"))
+
+    def decode(self, predictions) -> list[tuple[str, float]]:
+        """Host rows of the eval step's output -> (text, score) per image."""
+        ids, probs = predictions
+        return ctc_greedy_decode(ids, probs, self.charset)
+
+    def labels(self, host: dict) -> list[str]:
+        """The ground truth of a host batch, as text."""
+        return decode_labels(host["label"], host["length"], self.charset)
+
+    def update_metric(self, metric, predictions, host: dict):
+        preds = [text for text, _ in self.decode(predictions)]
+        metric.update(preds, self.labels(host), host["mask"])
+
+    @staticmethod
+    def format(result) -> str:
+        text, score = result
+        return f"{text}\t{score:.6f}"
+
