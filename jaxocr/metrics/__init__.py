@@ -1,6 +1,7 @@
+from jaxocr.metrics.det_metric import DetMetric
 from jaxocr.metrics.rec_metric import RecMetric
 
-METRICS = {"RecMetric": RecMetric}
+METRICS = {"RecMetric": RecMetric, "DetMetric": DetMetric}
 
 
 def build_metric(metric_cfg: dict | None):
@@ -11,4 +12,4 @@ def build_metric(metric_cfg: dict | None):
     return METRICS[name](**cfg)
 
 
-__all__ = ["RecMetric", "build_metric"]
+__all__ = ["DetMetric", "RecMetric", "build_metric"]

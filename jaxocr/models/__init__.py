@@ -10,9 +10,16 @@ Registries map the config's ``name:`` to a class, so a PaddleOCR config reads th
       Neck: {name: SequenceEncoder, encoder_type: rnn, hidden_size: 96}
       Head: {name: CTCHead, fc_decay: 0, out_channels: 37}
 
-New families register themselves by adding an entry to ``BACKBONES`` / ``NECKS`` / ``HEADS`` /
-``TRANSFORMS``.  Module classes may declare the dataclass fields ``bn_axis_name``, ``dtype``
-and ``conv_impl``; ``build_model`` fills those it finds from its own arguments.
+Backbones are looked up by ``model_type`` as Paddle's ``build_backbone(config, model_type)``
+does: PaddleOCR has two classes named ``MobileNetV3``, and ``Backbone: {name: MobileNetV3}``
+means the rec one (``REC_BACKBONES``) under ``model_type: rec`` and the det one, returning 4
+feature maps (``DET_BACKBONES``), under ``model_type: det``.  Necks, heads and transforms are
+shared, as in Paddle.
+
+New families register themselves by adding an entry to ``BACKBONES_BY_MODEL_TYPE[type]`` /
+``NECKS`` / ``HEADS`` / ``TRANSFORMS``.  Module classes may declare the dataclass fields
+``bn_axis_name``, ``dtype`` and ``conv_impl``; ``build_model`` fills those it finds from its own
+arguments.
 """
 
 from __future__ import annotations
@@ -24,32 +31,44 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from jaxocr.models.backbones.mobilenet_v3 import MobileNetV3
+from jaxocr.models.backbones.mobilenet_v3 import MobileNetV3, MobileNetV3Det
 from jaxocr.models.backbones.svtrnet import SVTRNet
 from jaxocr.models.heads.ctc import CTCHead
+from jaxocr.models.heads.db_head import DBHead
+from jaxocr.models.necks.db_fpn import DBFPN, RSEFPN
 from jaxocr.models.necks.rnn import SequenceEncoder
 from jaxocr.models.transforms.stn import STN_ON
 
 TRANSFORMS: dict[str, type[nn.Module]] = {"STN_ON": STN_ON}
-BACKBONES: dict[str, type[nn.Module]] = {"MobileNetV3": MobileNetV3, "SVTRNet": SVTRNet}
-NECKS: dict[str, type[nn.Module]] = {"SequenceEncoder": SequenceEncoder}
-HEADS: dict[str, type[nn.Module]] = {"CTCHead": CTCHead}
+REC_BACKBONES: dict[str, type[nn.Module]] = {"MobileNetV3": MobileNetV3, "SVTRNet": SVTRNet}
+DET_BACKBONES: dict[str, type[nn.Module]] = {"MobileNetV3": MobileNetV3Det}
+BACKBONES_BY_MODEL_TYPE: dict[str, dict[str, type[nn.Module]]] = {
+    "rec": REC_BACKBONES, "det": DET_BACKBONES}
+BACKBONES = REC_BACKBONES  # the rec registry, under its old name
+NECKS: dict[str, type[nn.Module]] = {"SequenceEncoder": SequenceEncoder, "DBFPN": DBFPN,
+                                     "RSEFPN": RSEFPN}
+HEADS: dict[str, type[nn.Module]] = {"CTCHead": CTCHead, "DBHead": DBHead}
 
-_REGISTRIES = {"Transform": TRANSFORMS, "Backbone": BACKBONES, "Neck": NECKS, "Head": HEADS}
+_REGISTRIES = {"Transform": TRANSFORMS, "Neck": NECKS, "Head": HEADS}
 _GLOBAL_FIELDS = ("bn_axis_name", "dtype", "conv_impl")
 _RESERVED = set(_GLOBAL_FIELDS) | {"parent", "name"}
 
 
-def _build_part(section: str, cfg: dict | None, globals_: dict[str, Any]) -> nn.Module | None:
+def _build_part(section: str, cfg: dict | None, globals_: dict[str, Any],
+                model_type: str = "rec") -> nn.Module | None:
     if cfg is None:
         return None
     if not isinstance(cfg, dict) or "name" not in cfg:
         raise ValueError(f"Architecture.{section} must be a mapping with a 'name' key, got {cfg!r}")
-    registry = _REGISTRIES[section]
+    if section == "Backbone":
+        registry = BACKBONES_BY_MODEL_TYPE[model_type]
+        of_type = f" for model_type {model_type!r}"
+    else:
+        registry, of_type = _REGISTRIES[section], ""
     cfg = dict(cfg)
     name = cfg.pop("name")
     if name not in registry:
-        raise ValueError(f"Architecture.{section}.name: unknown {section} {name!r}; "
+        raise ValueError(f"Architecture.{section}.name: unknown {section} {name!r}{of_type}; "
                          f"known: {sorted(registry)}")
     cls = registry[name]
     fields = {f.name for f in dataclasses.fields(cls)} - {"parent", "name"}
@@ -70,7 +89,9 @@ class BaseModel(nn.Module):
     """Transform -> Backbone -> Neck -> Head, each optional but the backbone (Paddle's BaseModel).
 
     ``__call__(x, train)``: x is NHWC float (B, H, W, 3).  For a rec model the output is
-    (B, T, C): logits when ``train``, probabilities otherwise.
+    (B, T, C): logits when ``train``, probabilities otherwise.  For a DB det model it is
+    ``{'maps': (B, H, W, 3)}`` (shrink, thresh, binary) when ``train``, ``{'maps': (B, H, W, 1)}``
+    (shrink) otherwise; H and W multiples of 32.
     """
 
     backbone: nn.Module
@@ -110,15 +131,20 @@ def build_model(arch_cfg: dict, bn_axis_name: str | None = None, dtype: Any = jn
         raise ValueError(f"Architecture: unknown key(s) {unknown}; known: {sorted(known)}")
     if arch_cfg.get("Backbone") is None:
         raise ValueError("Architecture.Backbone is required")
+    model_type = arch_cfg.get("model_type", "rec")
+    if model_type not in BACKBONES_BY_MODEL_TYPE:
+        raise ValueError(f"Architecture.model_type: unknown {model_type!r}; "
+                         f"known: {sorted(BACKBONES_BY_MODEL_TYPE)}")
     g = {"bn_axis_name": bn_axis_name, "dtype": dtype, "conv_impl": conv_impl}
     return BaseModel(
-        backbone=_build_part("Backbone", arch_cfg["Backbone"], g),
+        backbone=_build_part("Backbone", arch_cfg["Backbone"], g, model_type),
         transform=_build_part("Transform", arch_cfg.get("Transform"), g),
         neck=_build_part("Neck", arch_cfg.get("Neck"), g),
         head=_build_part("Head", arch_cfg.get("Head"), g),
-        model_type=arch_cfg.get("model_type", "rec"),
+        model_type=model_type,
         algorithm=arch_cfg.get("algorithm", "") or "",
     )
 
 
-__all__ = ["build_model", "BaseModel", "TRANSFORMS", "BACKBONES", "NECKS", "HEADS"]
+__all__ = ["build_model", "BaseModel", "TRANSFORMS", "BACKBONES", "REC_BACKBONES",
+           "DET_BACKBONES", "BACKBONES_BY_MODEL_TYPE", "NECKS", "HEADS"]

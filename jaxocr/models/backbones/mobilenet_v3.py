@@ -1,8 +1,14 @@
-"""MobileNetV3 for text recognition (PaddleOCR ``ppocr/modeling/backbones/rec_mobilenet_v3.py``).
+"""MobileNetV3 for recognition and for detection (PaddleOCR ``rec_mobilenet_v3.py`` and
+``det_mobilenet_v3.py``).
 
-Blocks (``ResidualUnit``, ``SEModule``) follow ``det_mobilenet_v3.py``; sub-module names mirror
-Paddle's attribute names (conv1, blocks_i, conv2; expand_conv, bottleneck_conv, mid_se,
-linear_conv) so converted Paddle weights map one to one.  Input NHWC, output NHWC.
+PaddleOCR has two classes named ``MobileNetV3``; ``build_backbone`` picks one by
+``Architecture.model_type``.  Here they are ``MobileNetV3`` (rec) and ``MobileNetV3Det`` (det),
+and ``jaxocr.models.build_model`` picks by ``model_type`` the same way.  Both share
+``ResidualUnit`` and ``SEModule`` (defined by ``det_mobilenet_v3.py`` in Paddle, too).
+
+Sub-module names mirror Paddle's attribute names (rec: conv1, blocks_i, conv2; det: conv,
+stage{s}_{j}; blocks: expand_conv, bottleneck_conv, mid_se, linear_conv) so converted Paddle
+weights map one to one.  Input NHWC, output NHWC.
 """
 
 from __future__ import annotations
@@ -74,6 +80,62 @@ def rec_cfg(model_name: str, large_stride: Sequence[int], small_stride: Sequence
         ]
         return cfg, 576
     raise ValueError(f"MobileNetV3 model_name must be 'large' or 'small', got {model_name!r}")
+
+
+def det_cfg(model_name: str):
+    """(k, exp, c, se, act, stride) per block and cls_ch_squeeze, as in det_mobilenet_v3.py.
+
+    Not derivable from ``rec_cfg``: besides the int strides, large block 6 has stride 2 here and
+    1 in the rec table (the rec net downsamples the width 4x less).
+    """
+    if model_name == "large":
+        cfg = [
+            [3, 16, 16, False, "relu", 1],
+            [3, 64, 24, False, "relu", 2],
+            [3, 72, 24, False, "relu", 1],
+            [5, 72, 40, True, "relu", 2],
+            [5, 120, 40, True, "relu", 1],
+            [5, 120, 40, True, "relu", 1],
+            [3, 240, 80, False, "hardswish", 2],
+            [3, 200, 80, False, "hardswish", 1],
+            [3, 184, 80, False, "hardswish", 1],
+            [3, 184, 80, False, "hardswish", 1],
+            [3, 480, 112, True, "hardswish", 1],
+            [3, 672, 112, True, "hardswish", 1],
+            [5, 672, 160, True, "hardswish", 2],
+            [5, 960, 160, True, "hardswish", 1],
+            [5, 960, 160, True, "hardswish", 1],
+        ]
+        return cfg, 960
+    if model_name == "small":
+        cfg = [
+            [3, 16, 16, True, "relu", 2],
+            [3, 72, 24, False, "relu", 2],
+            [3, 88, 24, False, "relu", 1],
+            [5, 96, 40, True, "hardswish", 2],
+            [5, 240, 40, True, "hardswish", 1],
+            [5, 240, 40, True, "hardswish", 1],
+            [5, 120, 48, True, "hardswish", 1],
+            [5, 144, 48, True, "hardswish", 1],
+            [5, 288, 96, True, "hardswish", 2],
+            [5, 576, 96, True, "hardswish", 1],
+            [5, 576, 96, True, "hardswish", 1],
+        ]
+        return cfg, 576
+    raise ValueError(f"MobileNetV3 model_name must be 'large' or 'small', got {model_name!r}")
+
+
+def det_stages(model_name: str) -> list[list[int]]:
+    """Block indices of the 4 det stages: a new stage starts at every stride-2 block past
+    index 2 (large) or 0 (small), as det_mobilenet_v3.py splits them."""
+    cfg, _ = det_cfg(model_name)
+    start_idx = 2 if model_name == "large" else 0
+    stages: list[list[int]] = [[]]
+    for i, row in enumerate(cfg):
+        if row[5] == 2 and i > start_idx:
+            stages.append([])
+        stages[-1].append(i)
+    return stages
 
 
 class SEModule(nn.Module):
@@ -173,3 +235,55 @@ class MobileNetV3(nn.Module):
                 f"{x.shape[1]}x{x.shape[2]} map before the final 2x2 max-pool. Use taller images "
                 f"or smaller strides, e.g. small_stride [1, 2, 2, 2] for 32-pixel-high lines")
         return nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+
+
+class MobileNetV3Det(nn.Module):
+    """Det MobileNetV3 (Paddle's det_mobilenet_v3.py): stem conv 3x3 s2 -> 4 stages of
+    ResidualUnits, the last one ending with a 1x1 conv to make_divisible(scale * squeeze) and
+    hardswish; no pooling.
+
+    Returns the list of the 4 stage outputs, at strides 4, 8, 16, 32, with ``out_channels``
+    channels (large x0.5: [16, 24, 56, 480]).
+    """
+
+    in_channels: int = 3
+    model_name: str = "large"
+    scale: float = 0.5
+    disable_se: bool = False
+    bn_axis_name: str | None = None
+    conv_impl: str = "auto"
+    dtype: Any = jnp.float32
+
+    @property
+    def out_channels(self) -> list[int]:
+        cfg, squeeze = det_cfg(self.model_name)
+        stages = det_stages(self.model_name)
+        chans = [make_divisible(self.scale * cfg[st[-1]][2]) for st in stages[:-1]]
+        return chans + [make_divisible(self.scale * squeeze)]
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool) -> list[Array]:
+        if self.scale not in SUPPORTED_SCALES:
+            raise ValueError(f"MobileNetV3 scale must be one of {SUPPORTED_SCALES}, "
+                             f"got {self.scale}")
+        if x.ndim != 4 or x.shape[-1] != self.in_channels:
+            raise ValueError(f"MobileNetV3 expects NHWC input with {self.in_channels} channels, "
+                             f"got shape {x.shape}")
+        cfg, squeeze = det_cfg(self.model_name)
+        kw = dict(bn_axis_name=self.bn_axis_name, conv_impl=self.conv_impl, dtype=self.dtype)
+        s = self.scale
+        x = ConvBNLayer(make_divisible(16 * s), 3, 2, 1, act="hardswish", name="conv", **kw)(
+            x, train)
+        outs = []
+        stages = det_stages(self.model_name)
+        for si, block_ids in enumerate(stages):
+            for j, i in enumerate(block_ids):
+                k, exp, c, se, act, stride = cfg[i]
+                x = ResidualUnit(make_divisible(s * exp), make_divisible(s * c), k, stride,
+                                 se and not self.disable_se, act, name=f"stage{si}_{j}",
+                                 **kw)(x, train)
+            if si == len(stages) - 1:
+                x = ConvBNLayer(make_divisible(s * squeeze), 1, 1, 0, act="hardswish",
+                                name=f"stage{si}_{len(block_ids)}", **kw)(x, train)
+            outs.append(x)
+        return outs
