@@ -310,16 +310,31 @@ def sum_across_processes(values: np.ndarray) -> np.ndarray:
     return np.asarray(multihost_utils.process_allgather(np.asarray(values))).sum(axis=0)
 
 
+def every_process(value: int) -> np.ndarray:
+    """`value` (an int64) of every process, by process id."""
+    if jax.process_count() == 1:
+        return np.asarray([value], np.int64)
+    mine = np.asarray([value], np.int64)
+    return np.asarray(multihost_utils.process_allgather(mine)).reshape(-1)
+
+
 def check_same_config(config_digest: str):
     """Every process must run the same merged config; name the ones that differ."""
-    if jax.process_count() == 1:
-        return
-    mine = np.frombuffer(hashlib.sha256(config_digest.encode()).digest()[:8], np.int64)
-    every = np.asarray(multihost_utils.process_allgather(mine)).reshape(-1)
+    every = every_process(int(np.frombuffer(
+        hashlib.sha256(config_digest.encode()).digest()[:8], np.int64)[0]))
     differ = [p for p, h in enumerate(every) if h != every[0]]
     if differ:
         raise LaunchError(f"processes {differ} run a different config than process 0 "
                           "(all hosts must use the same config file and -o overrides)")
+
+
+def check_same_start(step: int):
+    """Every process must resume from the same checkpoint step (-1: none); each lists the
+    run directory itself, and shared storage may show them different listings."""
+    every = every_process(step)
+    if (every != every[0]).any():
+        raise LaunchError(f"processes resume from different steps {every.tolist()} (by process); "
+                          "is save_model_dir shared by every host?")
 
 
 class Preemption:

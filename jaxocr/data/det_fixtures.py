@@ -10,11 +10,10 @@ lossless): image and label. A corrupt entry keeps its label line (as in a damage
 """
 from __future__ import annotations
 
-import os
-
 import cv2
 import numpy as np
 
+from jaxocr.data.fixtures import write_label_file
 from jaxocr.data.synth_scenes import SynthTextScene
 
 
@@ -31,29 +30,23 @@ def write_det_label_file_dataset(directory, n: int, seed: int, corrupt: int = 0,
         raise ValueError(f"need 0 <= corrupt <= n, got corrupt={corrupt} for n={n}")
     if ext not in ("png", "jpg"):
         raise ValueError(f"ext must be 'png' or 'jpg', got {ext!r}")
-    directory = os.fspath(directory)
-    os.makedirs(os.path.join(directory, image_dir), exist_ok=True)
     src = SynthTextScene(num_samples=n, seed=seed, **scene_kwargs)
     corrupt_ids = set(np.random.default_rng([int(seed), 7]).permutation(n)[:corrupt].tolist())
     junk = np.random.default_rng([int(seed), 8])
-    lines = []
-    for i in range(n):
-        sample = src.load(i)
-        if i in corrupt_ids:
-            # random bytes after 00 FF, which starts no image format OpenCV (or PIL) reads
-            data = junk.integers(0, 256, size=int(junk.integers(16, 256)), dtype=np.uint8)
-            data[:2] = (0x00, 0xFF)
-            data = data.tobytes()
-        else:
-            ok, buf = cv2.imencode("." + ext, sample["image"])
-            if not ok:
-                raise RuntimeError(f"cv2.imencode failed for scene {i}")
-            data = buf.tobytes()
-        rel = f"{image_dir}/img_{i:06d}.{ext}"
-        with open(os.path.join(directory, rel), "wb") as f:
-            f.write(data)
-        lines.append(f"{rel}\t{sample['label']}\n")
-    path = os.path.join(directory, label_name)
-    with open(path, "w", encoding="utf-8") as f:
-        f.writelines(lines)
-    return path
+
+    def entries():
+        for i in range(n):
+            sample = src.load(i)
+            if i in corrupt_ids:
+                # random bytes after 00 FF, which starts no image format OpenCV (or PIL) reads
+                data = junk.integers(0, 256, size=int(junk.integers(16, 256)), dtype=np.uint8)
+                data[:2] = (0x00, 0xFF)
+                data = data.tobytes()
+            else:
+                ok, buf = cv2.imencode("." + ext, sample["image"])
+                if not ok:
+                    raise RuntimeError(f"cv2.imencode failed for scene {i}")
+                data = buf.tobytes()
+            yield f"{image_dir}/img_{i:06d}.{ext}", data, sample["label"]
+
+    return write_label_file(directory, entries(), label_name)

@@ -62,15 +62,22 @@ def write_label_file_dataset(dir, n: int, charset_text: str, seed: int, corrupt:
     character outside `charset_text` (at seeded, disjoint positions). Labels are drawn from
     `charset_text` exactly as rendered (no case mixing).
     """
-    dir = os.fspath(dir)
-    os.makedirs(os.path.join(dir, image_dir), exist_ok=True)
+    samples = _samples(n, charset_text, seed, corrupt, bad_labels, min_len, max_len)
+    return write_label_file(dir, ((f"{image_dir}/img_{i:06d}.png", data, label)
+                                  for i, data, label in samples), label_name)
+
+
+def write_label_file(directory, entries, label_name: str = "label.txt") -> str:
+    """Writes each (relative image path, encoded bytes, label) and the PaddleOCR label file
+    `rel<TAB>label` naming them; returns its path."""
+    directory = os.fspath(directory)
     lines = []
-    for i, data, label in _samples(n, charset_text, seed, corrupt, bad_labels, min_len, max_len):
-        rel = f"{image_dir}/img_{i:06d}.png"
-        with open(os.path.join(dir, rel), "wb") as f:
+    for rel, data, label in entries:
+        os.makedirs(os.path.dirname(os.path.join(directory, rel)), exist_ok=True)
+        with open(os.path.join(directory, rel), "wb") as f:
             f.write(data)
         lines.append(f"{rel}\t{label}\n")
-    path = os.path.join(dir, label_name)
+    path = os.path.join(directory, label_name)
     with open(path, "w", encoding="utf-8") as f:
         f.writelines(lines)
     return path

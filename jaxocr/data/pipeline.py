@@ -339,20 +339,15 @@ class Loader:
 
     def host_batches(self, epoch: int, start_sample: int = 0):
         """Yields numpy dicts of this process's local batch for one epoch."""
-        plan = BatchPlan(self.order(), [(epoch, start_sample)])
-        if plan.total == 0:
-            return
-        it = self._iterate(plan)
-        try:
-            for _ in range(plan.total):
-                yield next(it)
-        finally:
-            self._close_iter(it)
+        return self._host([(epoch, start_sample)])
 
     def host_stream(self, epoch: int, start_sample: int = 0):
         """Host batches from (epoch, start_sample) to the end of epoch epoch_num - 1."""
         segments = [(epoch, start_sample)] + [(e, 0) for e in range(epoch + 1, self.epoch_num)]
-        plan = BatchPlan(self.order(), segments if epoch < self.epoch_num else [])
+        return self._host(segments if epoch < self.epoch_num else [])
+
+    def _host(self, segments):
+        plan = BatchPlan(self.order(), segments)
         if plan.total == 0:
             return
         it = self._iterate(plan)

@@ -66,7 +66,33 @@ def _ascent_descent_per_px(path: str) -> float:
     return (ascent + descent) / 100.0
 
 
-class SynthTextLine:
+class FontCache:
+    """Renderers' fonts: `font_paths`, each opened once per (size, thread), never pickled (a
+    worker process opens its own). Subclasses set `font_paths` and call `__init__`."""
+
+    def __init__(self):
+        self._local = threading.local()
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        del state["_local"]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._local = threading.local()
+
+    def _font(self, f: int, size: int) -> ImageFont.FreeTypeFont:
+        cache = getattr(self._local, "fonts", None)
+        if cache is None:
+            cache = self._local.fonts = {}
+        font = cache.get((f, size))
+        if font is None:
+            font = cache[(f, size)] = ImageFont.truetype(self.font_paths[f], size)
+        return font
+
+
+class SynthTextLine(FontCache):
     """A dataset source of `num_samples` rendered text lines; `load(i)` -> {'image', 'label'}."""
 
     def __init__(self, charset: CharacterDict | str | Sequence[str], num_samples: int = 10000,
@@ -122,28 +148,10 @@ class SynthTextLine:
         self.font_paths = usable_paths
         self.characters = sorted(covered)
         self.dropped: dict[str, int] = {}
-        self._local = threading.local()
+        FontCache.__init__(self)
 
     def __len__(self) -> int:
         return self.num_samples
-
-    def __getstate__(self):  # font objects stay per process (and per thread)
-        state = self.__dict__.copy()
-        del state["_local"]
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._local = threading.local()
-
-    def _font(self, f: int, size: int) -> ImageFont.FreeTypeFont:
-        cache = getattr(self._local, "fonts", None)
-        if cache is None:
-            cache = self._local.fonts = {}
-        font = cache.get((f, size))
-        if font is None:
-            font = cache[(f, size)] = ImageFont.truetype(self.font_paths[f], size)
-        return font
 
     def text(self, rng: np.random.Generator, f: int) -> str:
         n = int(rng.integers(self.min_len, self.max_len + 1))

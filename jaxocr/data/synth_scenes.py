@@ -32,15 +32,14 @@ import json
 import logging
 import math
 import string
-import threading
 from collections import Counter
 from typing import Sequence
 
 import cv2
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
-from jaxocr.data.synth import DEFAULT_FONTS, font_codepoints, resolve_font
+from jaxocr.data.synth import DEFAULT_FONTS, FontCache, font_codepoints, resolve_font
 
 log = logging.getLogger("jaxocr")
 
@@ -109,7 +108,7 @@ def polygon_inside(quad: np.ndarray, x0: int, y0: int, w: int, h: int,
     return inside
 
 
-class SynthTextScene:
+class SynthTextScene(FontCache):
     """A detection source of `num_samples` synthetic scenes; `load(i)` -> {'image', 'label',
     'img_path'} with the label in PaddleOCR's det JSON (see the module docstring)."""
 
@@ -162,7 +161,7 @@ class SynthTextScene:
         self.dropped: dict[str, int] = {}
         self.chars_removed = 0
         self.removed_chars: Counter = Counter()
-        self._local = threading.local()
+        FontCache.__init__(self)
 
     # -- source API ---------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -180,15 +179,6 @@ class SynthTextScene:
         return {"image": s["image"], "label": self.label_json(s["words"]),
                 "img_path": f"synth://{int(i)}"}
 
-    def __getstate__(self):  # font objects stay per process (and per thread)
-        state = self.__dict__.copy()
-        del state["_local"]
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._local = threading.local()
-
     def __repr__(self) -> str:
         (h0, h1), (w0, w1) = self.image_size
         size = f"{h0}x{w0}" if (h0, w0) == (h1, w1) else f"{h0}..{h1}x{w0}..{w1}"
@@ -203,15 +193,6 @@ class SynthTextScene:
                            for w in words], ensure_ascii=False)
 
     # -- rendering ----------------------------------------------------------------------------
-    def _font(self, f: int, size: int) -> ImageFont.FreeTypeFont:
-        cache = getattr(self._local, "fonts", None)
-        if cache is None:
-            cache = self._local.fonts = {}
-        font = cache.get((f, size))
-        if font is None:
-            font = cache[(f, size)] = ImageFont.truetype(self.font_paths[f], size)
-        return font
-
     def _text(self, rng: np.random.Generator, f: int) -> str:
         chars = self._chars[f]
         n = int(rng.integers(self.word_len[0], self.word_len[1] + 1))

@@ -19,8 +19,9 @@ import yaml
 
 from jaxocr.data.pipeline import Loader
 from jaxocr.config import ConfigError, config_hash
-from jaxocr.distributed import (LaunchError, Preemption, Progress, check_same_config, data_mesh, is_main,
-                                local_rows, sum_across_processes)
+from jaxocr.distributed import (Preemption, Progress, check_same_config,
+                                check_same_start, data_mesh, is_main, local_rows,
+                                sum_across_processes)
 from jaxocr.models import build_model
 from jaxocr.tasks import build_task
 from jaxocr.training import checkpoint
@@ -249,7 +250,7 @@ def train(cfg: dict, mesh=None) -> dict:
     # ---- restore ----
     meta = {"global_step": 0, "best_metric": {}}
     resume = checkpoint.resume_source(save_dir, g.get("checkpoints"), g["auto_resume"])
-    _check_same_start(checkpoint.resolve(resume)[1] if resume else -1)
+    check_same_start(checkpoint.resolve(resume)[1] if resume else -1)
     if resume:
         state, meta = checkpoint.restore(resume, state, comp.repl)
     elif g.get("pretrained_model"):
@@ -371,19 +372,6 @@ def train(cfg: dict, mesh=None) -> dict:
     log.info("training finished at global_step %d; checkpoints in %s", global_step, save_dir)
     return {"global_step": global_step, "state": state, "train": train_log.last, "best": best,
             "skipped_images": skipped, "dropped_labels": dict(train_loader.source.dropped)}
-
-
-def _check_same_start(global_step: int):
-    """Every process must resume from the same checkpoint step (-1: none); each lists the
-    run directory itself, and shared storage may show them different listings."""
-    if jax.process_count() == 1:
-        return
-    from jax.experimental import multihost_utils
-    every = np.asarray(multihost_utils.process_allgather(
-        np.asarray([global_step], np.int64))).reshape(-1)
-    if (every != every[0]).any():
-        raise LaunchError(f"processes resume from different steps {every.tolist()} (by process); "
-                          "is save_model_dir shared by every host?")
 
 
 def _tensorboard(save_dir):

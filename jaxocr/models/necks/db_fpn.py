@@ -73,6 +73,11 @@ def _top_down(in2: Array, in3: Array, in4: Array, in5: Array):
     return out4, out3, out2
 
 
+def _to_quarter(p5: Array, p4: Array, p3: Array, p2: Array) -> list[Array]:
+    """The smoothed levels brought to 1/4 resolution (nearest), in concat order p5..p2."""
+    return [upsample_nearest(p5, 8), upsample_nearest(p4, 4), upsample_nearest(p3, 2), p2]
+
+
 class ASFBlock(nn.Module):
     """DBNet++ adaptive scale fusion (Paddle's ``ASFBlock``, used by ``DBFPN(use_asf=True)``).
 
@@ -139,14 +144,12 @@ class DBFPN(nn.Module):
         in3 = conv1x1("in3_conv", c3)
         in2 = conv1x1("in2_conv", c2)
         out4, out3, out2 = _top_down(in2, in3, in4, in5)
-        p5 = upsample_nearest(conv3x3("p5_conv", in5), 8)
-        p4 = upsample_nearest(conv3x3("p4_conv", out4), 4)
-        p3 = upsample_nearest(conv3x3("p3_conv", out3), 2)
-        p2 = conv3x3("p2_conv", out2)
-        fuse = jnp.concatenate([p5, p4, p3, p2], axis=-1)
+        levels = _to_quarter(conv3x3("p5_conv", in5), conv3x3("p4_conv", out4),
+                             conv3x3("p3_conv", out3), conv3x3("p2_conv", out2))
+        fuse = jnp.concatenate(levels, axis=-1)
         if self.use_asf:
             fuse = ASFBlock(q, conv_impl=self.conv_impl, dtype=self.dtype, name="asf")(
-                fuse, [p5, p4, p3, p2])
+                fuse, levels)
         return fuse
 
 
@@ -190,11 +193,8 @@ class RSEFPN(nn.Module):
         c2, c3, c4, c5 = x
         in5, in4, in3, in2 = ins[3](c5), ins[2](c4), ins[1](c3), ins[0](c2)
         out4, out3, out2 = _top_down(in2, in3, in4, in5)
-        p5 = upsample_nearest(inp[3](in5), 8)
-        p4 = upsample_nearest(inp[2](out4), 4)
-        p3 = upsample_nearest(inp[1](out3), 2)
-        p2 = inp[0](out2)
-        return jnp.concatenate([p5, p4, p3, p2], axis=-1)
+        return jnp.concatenate(_to_quarter(inp[3](in5), inp[2](out4), inp[1](out3), inp[0](out2)),
+                               axis=-1)
 
 
 __all__ = ["DBFPN", "RSEFPN", "RSELayer", "ASFBlock", "kaiming_uniform_init",
