@@ -40,7 +40,7 @@ def run(main):
     from jaxocr.distributed import LaunchError
     from jaxocr.training.checkpoint import CheckpointError, CheckpointSaveError
     logging.basicConfig(level=logging.WARNING, format="[%(asctime)s] %(name)s %(levelname)s: "
-                        "%(message)s", datefmt="%Y/%m/%d %H:%M:%S")
+                        "%(message)s", datefmt="%Y/%m/%d %H:%M:%S", force=True)
     log.setLevel(logging.INFO)
     try:
         return main()

@@ -39,18 +39,35 @@ KNOWN = {
         "step_size", "gamma", "end_lr", "power",
     },
     "Optimizer.regularizer": {"name", "factor"},
-    "Loss": {"name", "use_focal_loss"},
-    "PostProcess": {"name", "character_dict_path", "use_space_char"},
-    "Metric": {"name", "main_indicator", "ignore_space", "is_filter"},
     "Train": {"dataset", "loader", "sampler"},  # sampler: rejected below unless empty
     "Eval": {"dataset", "loader", "sampler"},
     "Train.dataset": {
         "name", "data_dir", "label_file_list", "ratio_list", "delimiter", "transforms",
         "num_samples", "seed", "min_len", "max_len", "fonts", "mixed_case", "unknown_chars",
+        # SynthTextScene (detection) and the fixed eval canvas of a det model
+        "image_size", "words_per_image", "dont_care_prob", "word_len", "font_size",
+        "max_angle", "canvas",
     },
     "Train.loader": {"shuffle", "drop_last", "batch_size_per_card", "num_workers", "worker_type"},
 }
 KNOWN["Eval.dataset"] = KNOWN["Train.dataset"]
+
+# The Loss / PostProcess / Metric sections of each Architecture.model_type, with the one
+# PostProcess each task decodes with.
+TASK_KEYS = {
+    "rec": {
+        "Loss": {"name", "use_focal_loss"},
+        "PostProcess": {"name", "character_dict_path", "use_space_char"},
+        "Metric": {"name", "main_indicator", "ignore_space", "is_filter"},
+    },
+    "det": {
+        "Loss": {"name", "balance_loss", "main_loss_type", "alpha", "beta", "ohem_ratio", "eps"},
+        "PostProcess": {"name", "thresh", "box_thresh", "max_candidates", "unclip_ratio",
+                        "use_dilation", "score_mode", "box_type"},
+        "Metric": {"name", "main_indicator"},
+    },
+}
+TASK_POSTPROCESS = {"rec": "CTCLabelDecode", "det": "DBPostProcess"}
 KNOWN["Eval.loader"] = KNOWN["Train.loader"]
 
 # PaddleOCR keys with no meaning in jaxocr: accepted, ignored with one info line.
@@ -60,7 +77,7 @@ IGNORED = {
         "infer_mode", "save_inference_dir", "d2s_train_image_shape", "amp_level", "scale_loss",
         "use_dynamic_loss_scaling", "amp_custom_black_list", "amp_custom_white_list",
         "uniform_output_enabled", "model_name", "return_all_feats", "use_shared_memory",
-        "profiler_options", "auto_log", "save_log_path",
+        "profiler_options", "auto_log", "save_log_path", "debug",
     },
     # PaddleOCR overwrites lr.epochs with Global.epoch_num before building the schedule
     "Optimizer.lr": {"epochs"},
@@ -147,7 +164,11 @@ def validate(cfg: dict) -> None:
     for section in ("Global", "Architecture", "Train", "Eval"):
         if section not in cfg:
             raise ConfigError(f"missing section {section}")
-    for path, allowed in KNOWN.items():
+    model_type = (cfg.get("Architecture") or {}).get("model_type", "rec")
+    if model_type not in TASK_KEYS:
+        raise ConfigError(f"Architecture.model_type: {model_type!r} is not supported; known: "
+                          f"{', '.join(TASK_KEYS)}")
+    for path, allowed in {**KNOWN, **TASK_KEYS[model_type]}.items():
         node = _get(cfg, path)
         if node is None:
             continue
@@ -168,10 +189,11 @@ def validate(cfg: dict) -> None:
             raise ConfigError(f"{mode}.sampler ({name}): "
                               "samplers are not supported yet (one input shape per run); "
                               "remove the key")
-    post = (cfg.get("PostProcess") or {}).get("name", "CTCLabelDecode")
-    if post != "CTCLabelDecode":
-        raise ConfigError(f"PostProcess.name: {post!r} is not supported; jaxocr's recognisers "
-                          "decode with CTCLabelDecode")
+    expected = TASK_POSTPROCESS[model_type]
+    post = (cfg.get("PostProcess") or {}).get("name", expected)
+    if post != expected:
+        raise ConfigError(f"PostProcess.name: {post!r} is not supported for model_type "
+                          f"{model_type}; jaxocr decodes it with {expected}")
     if ignored:
         log.info("ignoring PaddleOCR keys that mean nothing in jaxocr: %s", ", ".join(ignored))
 

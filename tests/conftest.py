@@ -26,3 +26,35 @@ QUICKSTART = os.path.join(ROOT, "configs/rec/quickstart_crnn.yml")
 def tiny_config(save_dir, *overrides):
     from jaxocr.config import load_config
     return load_config(QUICKSTART, TINY + [f"Global.save_model_dir={save_dir}", *overrides])
+
+
+QUICKSTART_DB = os.path.join(ROOT, "configs/det/quickstart_db.yml")
+DET_MV3_DB = os.path.join(ROOT, "configs/det/det_mv3_db.yml")
+
+
+def det_config_file(path, source=QUICKSTART_DB, size=64, crop=None, **dataset):
+    """A copy of a det config at toy scale (the real model code): synthetic scenes of `size` px,
+    `crop` px train crops (default `size`), eval resized to `size`, few words. The transforms are
+    a list, which `-o` cannot reach, hence a file. Returns its path."""
+    import yaml
+    with open(source) as f:
+        cfg = yaml.safe_load(f)
+    crop = crop or size
+    scene = {"name": "SynthTextScene", "image_size": [size, size], "words_per_image": [1, 3],
+             "font_size": [10, 24], **dataset}
+    for mode, n in (("Train", 16), ("Eval", 6)):
+        ds = cfg[mode]["dataset"]
+        for k in ("data_dir", "label_file_list", "ratio_list"):
+            ds.pop(k, None)
+        ds.update({"num_samples": n, **scene})
+        for op in ds["transforms"]:
+            if "EastRandomCropData" in op:
+                op["EastRandomCropData"]["size"] = [crop, crop]
+            if "DetResizeForTest" in op:
+                op["DetResizeForTest"] = {"image_shape": [size, size]}
+        cfg[mode]["loader"].update(batch_size_per_card=2, num_workers=1)
+    cfg["Global"].update(print_batch_step=1, use_tensorboard=False, pretrained_model=None,
+                         eval_batch_step=[0, 1000])
+    with open(path, "w") as f:
+        yaml.safe_dump(cfg, f, sort_keys=False)
+    return str(path)

@@ -1,4 +1,4 @@
-"""DB detection transforms (jaxocr/data/det_transforms.py) against PaddleOCR 2.7's rules, on
+"""DB detection transforms (jaxocr/data/transforms/det_*.py) against PaddleOCR 2.7's rules, on
 hand-made inputs. numpy / OpenCV / pyclipper only (no JAX)."""
 import json
 import math
@@ -10,12 +10,14 @@ import pytest
 from shapely.geometry import Polygon
 
 from jaxocr.data import transforms
-from jaxocr.data.det_transforms import (DET_OPS, DetLabelEncode, DetPadToBucket,
-                                        DetResizeForTest, EastRandomCropData, IaaAugment,
-                                        MakeBorderMap, MakeShrinkMap, NormalizeImage,
-                                        ToCHWImage, _split_regions, crop_area, normalize,
-                                        pad_polygons, pad_to_bucket, shape_buckets)
 from jaxocr.data.transforms import BadSample
+from jaxocr.data.transforms.common import NormalizeImage, ToCHWImage, normalize
+from jaxocr.data.transforms.det_aug import IaaAugment
+from jaxocr.data.transforms.det_crop import EastRandomCropData, _split_regions, crop_area
+from jaxocr.data.transforms.det_label import DetLabelEncode, pad_polygons
+from jaxocr.data.transforms.det_maps import MakeBorderMap, MakeShrinkMap
+from jaxocr.data.transforms.det_resize import (DetPadToBucket, DetResizeForTest, pad_to_bucket,
+                                               shape_buckets)
 
 
 def label(*items):
@@ -398,8 +400,7 @@ DET_TRAIN = [
 ]
 
 
-def test_det_train_pipeline_through_build_transforms(monkeypatch):
-    monkeypatch.setattr(transforms, "OPS", {**transforms.OPS, **DET_OPS})
+def test_det_train_pipeline_through_build_transforms():
     fn = transforms.build_transforms(DET_TRAIN, None, {})
     polys = [rect(60, 50, 300, 90), rect(80, 200, 400, 260), rect(350, 120, 380, 128)]
     img = poly_image(np.array(polys, float), 400, 500)

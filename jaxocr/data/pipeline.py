@@ -81,14 +81,22 @@ class SampleMaker:
     """Loads and transforms samples into local batches. Holds only what a worker process needs
     (pickled to grain's workers)."""
 
-    def __init__(self, source, transform, seed: int, train: bool):
+    def __init__(self, source, transform, seed: int, train: bool, finalize=None,
+                 ragged_keys=()):
+        """`finalize(sample) -> sample`: the task's last step after the transforms (a det eval
+        image padded into its canvas); `ragged_keys`: keys whose arrays differ in shape from
+        row to row (a det image's polygons), batched as lists."""
         self.source = source
         self.transform = transform
         self.seed = int(seed)
         self.train = bool(train)
+        self.finalize = finalize
+        self.ragged_keys = tuple(ragged_keys)
         # substitutes are drawn from every raw index (sources with epoch_indices: num_entries)
         self.size = int(getattr(source, "num_entries", len(source)))
         blank = transform.blank()
+        if "image" not in blank and hasattr(finalize, "blank"):
+            blank = finalize.blank()
         self._blank = blank if "image" in blank else None  # else: from the first good sample
         self._failures = 0
 
@@ -105,7 +113,8 @@ class SampleMaker:
     def _transform(self, index: int, epoch: int, attempt: int, rng) -> dict:
         if rng is None and self.transform.random:
             rng = sample_rng(self.seed, epoch, index, attempt)
-        return self.transform(self.source.load(index), rng)
+        sample = self.transform(self.source.load(index), rng)
+        return sample if self.finalize is None else self.finalize(sample)
 
     def _warn(self, index: int, error: Exception):
         self._failures += 1
@@ -144,7 +153,8 @@ class SampleMaker:
     def batch(self, indices: np.ndarray, epoch: int) -> dict:
         rows = [self.load(i, epoch) for i in indices]
         keys = self._blank.keys() if self._blank is not None else rows[0].keys()
-        out = {k: np.stack([r[k] for r in rows]) for k in keys if k not in ("mask", "bad")}
+        out = {k: [r[k] for r in rows] if k in self.ragged_keys else np.stack([r[k] for r in rows])
+               for k in keys if k not in ("mask", "bad")}
         out["mask"] = np.array([r["mask"] for r in rows], np.float32)
         out["bad"] = np.array([r["bad"] for r in rows], np.int32)
         return out
@@ -257,17 +267,19 @@ class Loader:
     """
 
     def __init__(self, cfg: dict, mode: str, charset, mesh, max_ctc_steps: int | None = None,
-                 device_keys=None):
+                 device_keys=None, label_filter=None, finalize=None, ragged_keys=()):
         """`max_ctc_steps`: the CTC frames the model emits; Train labels needing more are
         dropped when the source is scanned (counted as too_long_for_ctc). `device_keys`: the
-        batch keys that go to the devices (the task's; recognition's by default)."""
+        batch keys that go to the devices (the task's; recognition's by default).
+        `label_filter`, `finalize`, `ragged_keys`: the task's label-file rule, last step per
+        sample and list-batched keys (see build_source and SampleMaker)."""
         section, g = cfg[mode], cfg["Global"]
         self.device_keys = tuple(device_keys or DEVICE_KEYS[mode])
         self.mode = mode
         self.seed = int(g["seed"])
         self.epoch_num = int(g.get("epoch_num", 1))
         self.source = build_source(section["dataset"], mode.lower(), charset, g, self.seed,
-                                   max_ctc_steps=max_ctc_steps)
+                                   max_ctc_steps=max_ctc_steps, label_filter=label_filter)
         self.transform = build_transforms(section["dataset"].get("transforms") or [], charset, g)
         loader = section["loader"]
         self.shuffle = bool(loader["shuffle"]) and mode == "Train"
@@ -293,7 +305,8 @@ class Loader:
             raise ValueError(
                 f"{mode}.dataset has {self.num_samples} samples, fewer than one global batch "
                 f"({self.global_batch} = batch_size_per_card {per_card} x {mesh.size} devices)")
-        self.maker = SampleMaker(self.source, self.transform, self.seed, train=mode == "Train")
+        self.maker = SampleMaker(self.source, self.transform, self.seed, train=mode == "Train",
+                                 finalize=finalize, ragged_keys=ragged_keys)
         self._prefetchers: list = []  # live DevicePrefetchers
         self._iters: list = []        # live grain iterators
         self._eval = None             # (grain iterator, batches pulled) kept between evals

@@ -31,6 +31,7 @@ raises `BadSample` (the pipeline substitutes another sample and counts it).
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -45,7 +46,7 @@ from jaxocr.data.transforms import BadSample
 
 log = logging.getLogger("jaxocr")
 
-KNOWN_SOURCES = ("SimpleDataSet", "LMDBDataSet", "SynthTextLine")
+KNOWN_SOURCES = ("SimpleDataSet", "LMDBDataSet", "SynthTextLine", "SynthTextScene")
 SYNTH_DEFAULT_SAMPLES = {"train": 10000, "eval": 1000}
 EVAL_SEED_OFFSET = 1_000_003  # the default synthetic Eval set differs from the Train set
 STAT_THREADS = 32    # image existence checks are I/O-bound (network file systems): many threads
@@ -90,6 +91,32 @@ class LabelFilter:
         return True
 
 
+class DetLabelFilter:
+    """The build-time rule for PaddleOCR det labels (`[{"transcription", "points"}, ...]`
+    JSON): a line that is not such a list is 'malformed', an empty list 'no_text' (PaddleOCR's
+    DetLabelEncode returns None for it and its loader draws another sample)."""
+
+    def __init__(self):
+        self.dropped: Counter = Counter()
+        self.chars_removed = 0
+        self.removed_chars: Counter = Counter()
+
+    def __call__(self, label: str) -> bool:
+        try:
+            items = json.loads(label)
+            ok = isinstance(items, list) and all(
+                isinstance(it, dict) and "points" in it for it in items)
+        except ValueError:
+            ok = False
+        if not ok:
+            self.dropped["malformed"] += 1
+            return False
+        if not items:
+            self.dropped["no_text"] += 1
+            return False
+        return True
+
+
 def missing_files(data_dir: str, rel_paths, threads: int = STAT_THREADS) -> set[str]:
     """The distinct paths of `rel_paths` (relative to data_dir) that are not regular files,
     checked with a thread pool, each task a chunk of STAT_CHUNK paths."""
@@ -131,7 +158,10 @@ class SimpleDataSet:
 
     def __init__(self, data_dir: str, label_file_list, charset: CharacterDict,
                  max_text_length: int, seed: int = 0, ratio_list=1.0, delimiter: str = "\t",
-                 unknown_chars: str = "skip", max_ctc_steps: int | None = None):
+                 unknown_chars: str = "skip", max_ctc_steps: int | None = None,
+                 label_filter=None):
+        """`label_filter`: the rule deciding which lines are kept (a LabelFilter by default;
+        DetLabelFilter for detection labels)."""
         if data_dir is None or data_dir == "":
             data_dir = "."
         self.data_dir = os.fspath(data_dir)
@@ -159,7 +189,7 @@ class SimpleDataSet:
         if missing:
             raise FileNotFoundError(f"SimpleDataSet label file(s) not found: {', '.join(missing)}")
 
-        keep = LabelFilter(charset, max_text_length, unknown_chars, max_ctc_steps)
+        keep = label_filter or LabelFilter(charset, max_text_length, unknown_chars, max_ctc_steps)
         dropped = keep.dropped
         paths: list[str] = []
         labels: list[str] = []
@@ -388,24 +418,28 @@ class SynthSource(_EveryEntryEachEpoch, SynthTextLine):
 
 
 # ----------------------------------------------------------------------------------------------
-def _log_summary(src, mode: str):
+def _log_summary(src, mode: str, dictionary: bool = True):
     section = f"{mode.capitalize()}.dataset"
     per_epoch, entries = len(src), src.num_entries
     size = (f"{per_epoch} samples" if per_epoch == entries
             else f"{per_epoch} samples per epoch (of {entries}, ratio_list)")
-    removed = f"{src.chars_removed} kept with characters outside the dictionary removed"
+    removed = f"; {src.chars_removed} kept with characters outside the dictionary removed"
     if src.removed_chars:
         common = src.removed_chars.most_common(10)
         removed += " (" + ", ".join(f"{c!r} in {n}" for c, n in common) + \
             (", ..." if len(src.removed_chars) > len(common) else "") + ")"
     dropped = ", ".join(f"{k}={v}" for k, v in sorted(src.dropped.items())) or "none"
-    log.info("%s %s: %s; %s; dropped: %s", section, type(src).__name__, size, removed, dropped)
+    if not dictionary:  # detection labels: no character dictionary
+        removed = ""
+    log.info("%s %s: %s%s; dropped: %s", section, type(src).__name__, size, removed, dropped)
 
 
 def build_source(dataset_cfg: dict, mode: str, charset: CharacterDict, global_cfg: dict,
-                 seed: int, max_ctc_steps: int | None = None):
+                 seed: int, max_ctc_steps: int | None = None, label_filter=None):
     """The dataset of a `Train.dataset` / `Eval.dataset` config section; mode 'train'|'eval'.
 
+    `label_filter`: the task's rule for label-file lines (DetLabelFilter for detection);
+    recognition's LabelFilter by default.
     `max_ctc_steps`: the model's CTC output frames T; in train mode labels needing more are
     dropped ('too_long_for_ctc'); evaluation keeps them (they are simply recognised wrongly).
     Logs one line: samples, labels kept with characters removed, drops by reason."""
@@ -422,7 +456,10 @@ def build_source(dataset_cfg: dict, mode: str, charset: CharacterDict, global_cf
                             charset, max_len, seed=seed,
                             ratio_list=dataset_cfg.get("ratio_list", 1.0),
                             delimiter=dataset_cfg.get("delimiter", "\t"),
-                            unknown_chars=unknown, max_ctc_steps=ctc_steps)
+                            unknown_chars=unknown, max_ctc_steps=ctc_steps,
+                            label_filter=label_filter)
+    elif name == "SynthTextScene":
+        src = _synth_scenes(dataset_cfg, mode, seed)
     elif name == "LMDBDataSet":
         src = LMDBDataSet(dataset_cfg.get("data_dir"), charset, max_len, unknown_chars=unknown,
                           max_ctc_steps=ctc_steps)
@@ -448,5 +485,21 @@ def build_source(dataset_cfg: dict, mode: str, charset: CharacterDict, global_cf
                           mixed_case=dataset_cfg.get("mixed_case"))
     else:
         raise ValueError(f"unknown dataset name {name!r}; known: {', '.join(KNOWN_SOURCES)}")
-    _log_summary(src, mode)
+    _log_summary(src, mode, dictionary=label_filter is None and name != "SynthTextScene")
     return src
+
+
+SCENE_OPTIONS = ("image_size", "words_per_image", "fonts", "dont_care_prob", "word_len",
+                 "font_size", "max_angle")
+
+
+def _synth_scenes(dataset_cfg: dict, mode: str, seed: int):
+    from jaxocr.data.synth_scenes import SynthTextScene
+    ds_seed = dataset_cfg.get("seed")
+    if ds_seed is None:
+        ds_seed = int(seed) + (EVAL_SEED_OFFSET if mode == "eval" else 0)
+    num = dataset_cfg.get("num_samples")
+    if num is None:
+        num = SYNTH_DEFAULT_SAMPLES.get(mode, SYNTH_DEFAULT_SAMPLES["train"])
+    options = {k: dataset_cfg[k] for k in SCENE_OPTIONS if dataset_cfg.get(k) is not None}
+    return SynthTextScene(num_samples=int(num), seed=int(ds_seed), **options)

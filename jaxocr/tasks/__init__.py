@@ -3,9 +3,10 @@ so the training loop, evaluation, inference and the benchmarks name none."""
 from __future__ import annotations
 
 from jaxocr.config import ConfigError
+from jaxocr.tasks.det import DetTask
 from jaxocr.tasks.rec import RecTask
 
-TASKS = {"rec": RecTask}
+TASKS = {"rec": RecTask, "det": DetTask}
 
 
 def build_task(cfg: dict):

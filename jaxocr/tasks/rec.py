@@ -29,13 +29,15 @@ class CTCObjective:
     """What the compiled step computes for a CTC recogniser.
 
     inputs: uint8 images (with `valid_width`) normalised on the device as PaddleOCR's
-    resize_norm_img; float images pass through. loss: per-row CTC losses (B,). metric:
-    RecMetric's (correct, edit distance, count) over the rows with mask 1, or None.
+    resize_norm_img; float images pass through. loss: the masked sum of the per-row CTC
+    losses over the device's rows / its row count, the share of real rows, and RecMetric's
+    (correct, edit distance, count) over the real rows when a metric table is given.
     """
 
     def __init__(self, loss_fn, metric_table=None):
         self.loss_fn = loss_fn
         self.metric_table = metric_table
+        self.has_metric = metric_table is not None
 
     @staticmethod
     def inputs(batch, dtype):
@@ -46,8 +48,10 @@ class CTCObjective:
             return normalize_rec_images(images, batch["valid_width"], dtype)
         return images.astype(dtype)
 
-    def loss(self, outputs, batch):
-        return self.loss_fn(logits_of(outputs), batch["label"], batch["length"])
+    def loss(self, outputs, batch, mask):
+        rows = self.loss_fn(logits_of(outputs), batch["label"], batch["length"])
+        loss = jnp.sum(rows * mask) / mask.shape[0]
+        return loss, jnp.mean(mask), self.metric(outputs, batch, mask)
 
     def metric(self, outputs, batch, mask):
         if self.metric_table is None:
@@ -56,13 +60,14 @@ class CTCObjective:
         return rec_metric_sums(ids, batch["label"], batch["length"], mask, self.metric_table)
 
     @staticmethod
-    def predictions(outputs):
+    def predictions(outputs, batch=None):
         """Eval mode: the best path (ids, probabilities), the only arrays that leave the device."""
         return best_path(logits_of(outputs).astype(jnp.float32))
 
 
 class RecTask:
     name = "rec"
+    ragged_keys = ()
     device_keys = {"Train": ("image", "valid_width", "label", "length", "mask"),
                    "Eval": ("image", "valid_width")}
 
@@ -110,7 +115,7 @@ class RecTask:
     def build_metric(self):
         return build_metric(self.cfg.get("Metric"))
 
-    def decode(self, predictions) -> list[tuple[str, float]]:
+    def decode(self, predictions, host: dict | None = None) -> list[tuple[str, float]]:
         """Host rows of the eval step's output -> (text, score) per image."""
         ids, probs = predictions
         return ctc_greedy_decode(ids, probs, self.charset)

@@ -348,7 +348,19 @@ def read_state(path: str) -> dict:
 
 def load_pretrained(source: str, variables: dict) -> dict:
     """Weights only (`params` and `batch_stats`), as PaddleOCR's `pretrained_model`: entries
-    missing or of another shape are reported and left as initialised."""
+    missing or of another shape are reported and left as initialised. A path that is not a
+    jaxocr checkpoint (absent, a URL, PaddlePaddle's .pdparams) fails in one line that says
+    how to train without it."""
+    source = str(source)
+    paddle = source.endswith(".pdparams") or os.path.isfile(source + ".pdparams")
+    if "://" in source or paddle or not os.path.isdir(source):
+        what = ("a URL: jaxocr downloads nothing" if "://" in source else
+                "PaddlePaddle weights (.pdparams), which jaxocr does not read" if paddle else
+                "not found")
+        raise CheckpointError(
+            f"Global.pretrained_model {source} is {what}; it must be a jaxocr checkpoint "
+            f"(a run directory, latest/ or best_accuracy/). To train from scratch: "
+            f"-o Global.pretrained_model=")
     state = read_state(source)
     loaded = {k: state.get(k, {}) for k in variables}
     flat_loaded = {jax.tree_util.keystr(k): v for k, v in

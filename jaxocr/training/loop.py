@@ -101,7 +101,8 @@ class Components:
         optimizer section of the config plays no part."""
         path = self.cfg["Global"].get("checkpoints") or self.cfg["Global"].get("pretrained_model")
         if not path:
-            raise ValueError("set Global.checkpoints=DIR (a run directory, latest/ or best_accuracy/)")
+            raise ConfigError("set Global.checkpoints=DIR (a run directory, latest/ or "
+                              "best_accuracy/)")
         variables = init_variables(self.model, image_shape, int(self.cfg["Global"]["seed"]))
         variables = {"params": variables["params"],
                      "batch_stats": variables.get("batch_stats", {})}
@@ -125,12 +126,14 @@ def evaluate(comp: Components, state, eval_step, loader: Loader) -> dict:
     """Exact over the whole eval set: every process its shard, padding masked, sums reduced."""
     metric = comp.task.build_metric()
     t0 = time.perf_counter()
+    n = 0.0
     for device, host in loader.batches(0, 0, comp.batch_sharding):
         predictions = jax.tree.map(local_rows, eval_step(state, device))
         comp.task.update_metric(metric, predictions, host)
+        n += float(np.sum(host["mask"]))
     elapsed = time.perf_counter() - t0
-    metric.sums = sum_across_processes(metric.sums)
-    n = metric.sums[2]
+    totals = sum_across_processes(np.append(metric.sums, n))
+    metric.sums, n = totals[:-1], totals[-1]
     result = {k: float(v) for k, v in metric.get_metric().items()}
     result["fps"] = float(n / max(elapsed, 1e-9))
     result["samples"] = int(round(n))
@@ -161,7 +164,7 @@ class TrainLog:
         self.windows = collections.defaultdict(
             lambda: collections.deque(maxlen=int(g["log_smooth_window"])))
         self.per_card, self.global_batch, self.epoch_num = per_card, global_batch, epoch_num
-        self.summarize = summarize if g["cal_metric_during_train"] else None  # sums -> values
+        self.summarize = summarize  # the step's metric vector -> the line's values
         self.writer = writer
         self.pending: list = []   # device outputs of the steps since the last line
         self.ready = None         # a line's outputs in flight to the host, with its context
@@ -284,7 +287,7 @@ def train(cfg: dict, mesh=None) -> dict:
     writer = _tensorboard(save_dir) if is_main() and g["use_tensorboard"] else None
     per_card = int(cfg["Train"]["loader"]["batch_size_per_card"])
     train_log = TrainLog(g, per_card, train_loader.global_batch, epoch_num, writer,
-                         comp.task.summarize)
+                         comp.task.summarize if comp.objective.has_metric else None)
 
     def snapshot():
         return {"global_step": global_step, "best_metric": best, "data_epoch": data_epoch,

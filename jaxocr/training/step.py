@@ -64,15 +64,19 @@ def pmean_flat(tree, axis_name=AXIS):
 def make_train_step(model, tx, objective, mesh, dtype=jnp.float32, sync_grads: bool = True):
     """Returns step(state, batch) -> (state, out).
 
-    `objective` is the task's part of the step (e.g. tasks/rec.py's CTCObjective):
-    `inputs(batch, dtype)` the model's input, `loss(outputs, batch)` per-row losses (B,), and
-    `metric(outputs, batch, mask)` a fixed-size vector of train-metric sums, or None.
-    out["loss"] is the mean loss over the real rows of the global batch and out["metric"]
-    the metric sums averaged over devices (ratios of them are exact; zeros without a metric).
+    `objective` is the task's part of the step (tasks/rec.py's CTCObjective, tasks/det.py's
+    DBObjective): `inputs(batch, dtype)` the model's input, and
+    `loss(outputs, batch, mask) -> (loss, share, metric)`: this device's loss, its `share`
+    of the real rows (the gradients are divided by the mean share over devices, which
+    travels in the same all-reduce) and a fixed-size vector for the log (metric sums or
+    loss parts), or None. out["loss"] is the loss averaged over the global batch and
+    out["metric"] the metric vector averaged over devices (zeros(1) without one).
 
-    Rows with `mask` 0 (padding of a last partial batch) add nothing: each device sums its
-    masked loss over its rows, and the gradients are divided by the global share of real rows,
-    which travels in the same all-reduce.
+    Rows with `mask` 0 (padding of a last partial batch) add nothing. A recogniser's loss is
+    its masked per-row sum over the device's rows (share: the fraction of real rows), so the
+    result is the mean over the real rows of the global batch; a detector's is PaddleOCR's
+    per-card ratio (share 1 on a device with any real row), so the result is the mean over
+    devices, as Paddle's DataParallel averages its cards' gradients.
 
     `sync_grads=False` all-reduces only the loss, after the backward pass: devices then train
     apart but still run in lockstep. The scaling benchmark uses it to separate the cost of
@@ -90,14 +94,12 @@ def make_train_step(model, tx, objective, mesh, dtype=jnp.float32, sync_grads: b
                 mutable=["batch_stats"],
                 rngs={"dropout": jax.random.fold_in(jax.random.fold_in(state.rng, state.step),
                                                     jax.lax.axis_index(AXIS))})
-            loss = jnp.sum(objective.loss(outputs, batch) * mask) / mask.shape[0]
-            return loss, (outputs, updated.get("batch_stats", {}))
+            loss, share, metric = objective.loss(outputs, batch, mask)
+            return loss, (share, metric, updated.get("batch_stats", {}))
 
-        (loss, (outputs, batch_stats)), grads = jax.value_and_grad(compute_loss, has_aux=True)(
-            state.params)
-        share = jnp.mean(mask)  # of this device's rows; after the pmean, of the global batch
-        metric = objective.metric(outputs, batch, mask)
-        metric = jnp.zeros(1) if metric is None else metric
+        (loss, (share, metric, batch_stats)), grads = jax.value_and_grad(
+            compute_loss, has_aux=True)(state.params)
+        metric = jnp.zeros(1) if metric is None else jax.lax.stop_gradient(metric)
         if sync_grads:
             grads, batch_stats, loss, share, metric = pmean_flat(
                 (grads, batch_stats, loss, share, metric))
@@ -118,13 +120,13 @@ def make_train_step(model, tx, objective, mesh, dtype=jnp.float32, sync_grads: b
 
 
 def make_eval_step(model, mesh, objective, dtype=jnp.float32):
-    """Forward in eval mode on a batch; returns `objective.predictions(outputs)` (arrays sharded
-    on 'data', e.g. a recogniser's best path)."""
+    """Forward in eval mode on a batch; returns `objective.predictions(outputs, batch)` (arrays
+    sharded on 'data': a recogniser's best path, a detector's probability map)."""
 
     def per_device(state: TrainState, batch):
         outputs = model.apply({"params": state.params, "batch_stats": state.batch_stats},
                               objective.inputs(batch, dtype), train=False)
-        return objective.predictions(outputs)
+        return objective.predictions(outputs, batch)
 
     sharded = shard_map(per_device, mesh, in_specs=(P(), P(AXIS)), out_specs=P(AXIS))
     return jax.jit(sharded)

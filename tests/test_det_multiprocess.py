@@ -1,0 +1,51 @@
+"""A det config on 2 processes x 1 device equals 1 process x 2 devices: the parameters after K
+steps and the sharded ICDAR eval, launched with --nproc_per_host as a user would.
+
+Slow (every worker compiles the step); CI runs it."""
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, det_config_file
+from test_multiprocess import assert_close, eval_metrics, latest_params
+
+pytestmark = pytest.mark.slow
+
+# Momentum keeps the update linear in the gradient (see test_multiprocess.py). Thresholds 0 make
+# the untrained detector return boxes, so the eval counts matches, misses and false positives
+# rather than zeros. 5 eval samples at a global eval batch of 4: the second batch is 1 real row
+# and 3 masked ones, and process 1's share of it is padding only.
+COMMON = ["Optimizer.name=Momentum", "Optimizer.lr.name=Const",
+          "Optimizer.lr.learning_rate=0.01", "Optimizer.lr.warmup_epoch=0",
+          "Global.max_steps=3", "Global.eval_batch_step=[0,3]", "Eval.dataset.num_samples=5",
+          "PostProcess.thresh=0.0", "PostProcess.box_thresh=0.0"]
+
+
+def _run(cfg, save_dir, procs):
+    cmd = [sys.executable, "launch/multihost.py", "-c", cfg, "-o", *COMMON,
+           f"Global.save_model_dir={save_dir}"]
+    if procs > 1:
+        cmd += ["--nproc_per_host", str(procs), "--cpu_devices_per_process", "1",
+                "--log_dir", str(save_dir) + "_log", "--shutdown_timeout", "60"]
+    else:
+        cmd += ["--cpu_devices", "2"]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return r
+
+
+def test_two_processes_equal_one_process_for_db(tmp_path):
+    cfg = det_config_file(tmp_path / "det.yml", size=64)
+    two = _run(cfg, tmp_path / "two", 2)
+    one = _run(cfg, tmp_path / "one", 1)
+    assert "joined the job: process 0 of 2" in two.stdout
+    step_two, params_two = latest_params(tmp_path / "two")
+    step_one, params_one = latest_params(tmp_path / "one")
+    assert step_two == step_one == 3
+    assert_close(params_two, params_one)
+    sharded, single = eval_metrics(two.stdout), eval_metrics(one.stdout)
+    assert sharded["samples"] == single["samples"] == 5, (sharded, single)
+    for key in ("precision", "recall", "hmean"):
+        assert sharded[key] == single[key], (key, sharded, single)
+    assert 0 < sharded["precision"] < 1 or 0 < sharded["recall"] < 1, sharded  # not all zeros
