@@ -282,3 +282,30 @@ def paddle_line(name: str, results: list[dict], with_score: bool = False) -> str
 __all__ = ["TextSystem", "sorted_boxes", "reading_order", "get_rotate_crop_image",
            "get_minarea_rect_crop", "minarea_rect_corners", "order_points_clockwise",
            "clip_box", "filter_boxes", "draw_ocr", "paddle_line"]
+
+
+def end_to_end_counts(results: list[dict], words: list[dict], normalize=str.lower,
+                      iou: float = 0.5) -> np.ndarray:
+    """The end-to-end counts of one image: (ground-truth words read right, ground-truth words,
+    results). A ground-truth word (`###` ones left out) is read right when a result's polygon
+    overlaps it by IoU >= `iou` (one-to-one, greedy by IoU) and its text equals the word's,
+    both through `normalize` (the recogniser's dictionary may fold case)."""
+    from shapely.geometry import Polygon
+    care = [w for w in words if w["transcription"] not in ("###", "*")]
+    gts = [Polygon(w["points"]).buffer(0) for w in care]
+    dets = [Polygon(r["points"]).buffer(0) for r in results]
+    pairs = []
+    for g, gp in enumerate(gts):
+        for d, dp in enumerate(dets):
+            union = gp.union(dp).area
+            overlap = gp.intersection(dp).area / union if union else 0.0
+            if overlap >= iou:
+                pairs.append((overlap, g, d))
+    used_g, used_d, right = set(), set(), 0
+    for _, g, d in sorted(pairs, reverse=True):
+        if g in used_g or d in used_d:
+            continue
+        used_g.add(g)
+        used_d.add(d)
+        right += normalize(results[d]["transcription"]) == normalize(care[g]["transcription"])
+    return np.array([right, len(care), len(results)], np.int64)

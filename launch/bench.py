@@ -12,6 +12,10 @@
         weak scaling over local processes (each pinned to its own cores): images/s, efficiency,
         lockstep-only and independent baselines, all-reduce time; then projected to N workers
         over a GBPS Gb/s interconnect (ring all-reduce)
+    python launch/bench.py ocr -c DET_CFG -o Global.checkpoints=D --rec_config REC_CFG
+            --rec_opt Global.checkpoints=R [--scenes 100]
+        the det -> rec system on synthetic scenes in the recogniser's dictionary: words found
+        and read exactly (word recall / precision), seconds per image
 """
 import argparse
 import json
@@ -239,6 +243,38 @@ def converge(cfg) -> dict:
             "best": result["best"], "machine": machine()}
 
 
+def ocr(args) -> dict:
+    """The det -> rec system on synthetic scenes drawn in the recogniser's dictionary: word
+    recall (ground-truth words found and read exactly), word precision, seconds per image."""
+    import json as json_
+
+    import numpy as np
+    from jaxocr.config import load_config, parse_overrides
+    from jaxocr.data.synth_scenes import SynthTextScene
+    from jaxocr.system import TextSystem, end_to_end_counts
+    det_cfg = load_config(args.config, parse_overrides(args.opt))
+    rec_cfg = load_config(args.rec_config, parse_overrides(args.rec_opt))
+    system = TextSystem.from_configs(det_cfg, rec_cfg, drop_score=args.drop_score)
+    charset = system.recognizer.task.charset
+    chars = "".join(c for c in charset.characters if len(c) == 1 and not c.isspace())
+    scene = (det_cfg["Eval"]["dataset"].get("image_size") or [640, 640])
+    scenes = SynthTextScene(args.scenes, seed=args.seed, image_size=scene, charset=chars,
+                            dont_care_prob=0.0)
+    fold = str.lower if not any(c.isupper() for c in chars) else (lambda t: t)
+    totals = np.zeros(3, np.int64)
+    system(scenes.load(0)["image"])  # compile both models first
+    t0 = time.perf_counter()
+    for i in range(args.scenes):
+        sample = scenes.load(i)
+        totals += end_to_end_counts(system(sample["image"]), json_.loads(sample["label"]),
+                                    normalize=fold)
+    elapsed = time.perf_counter() - t0
+    right, words, results = (int(v) for v in totals)
+    return {"scenes": args.scenes, "words": words, "read_right": right,
+            "word_recall": right / max(words, 1), "word_precision": right / max(results, 1),
+            "s_per_image": elapsed / args.scenes, "machine": machine()}
+
+
 def scaling(args, cfg) -> dict:
     from jaxocr import scaling as sc
     out = {}
@@ -287,7 +323,7 @@ def all_reduce_bytes(params, batch_stats) -> int:
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
-    for name in ("train", "data", "converge", "scaling"):
+    for name in ("train", "data", "converge", "scaling", "ocr"):
         sp = sub.add_parser(name, parents=[cli.parser(__doc__)], add_help=False)
         sp.add_argument("--json", default=None, help="also write the results here")
         if name in ("train", "scaling"):
@@ -311,6 +347,13 @@ def main():
             sp.add_argument("--png_dir", default=None)
             sp.add_argument("--no_augment", action="store_true",
                             help="drop RecAug / IaaAugment from the transforms")
+        if name == "ocr":  # -c / -o: the detector's config and overrides
+            sp.add_argument("--rec_config", required=True)
+            sp.add_argument("--rec_opt", nargs="+", action="append", default=[],
+                            metavar="Key.sub=value")
+            sp.add_argument("--scenes", type=int, default=100)
+            sp.add_argument("--seed", type=int, default=7)
+            sp.add_argument("--drop_score", type=float, default=0.5)
         if name == "scaling":
             sp.add_argument("--processes", default="1,2",
                             help="process counts to measure, e.g. 1,2 ('' to only project)")
@@ -325,6 +368,14 @@ def main():
                             help="per-hop latency of the interconnect for the projection")
     args = p.parse_args()
     cli.set_cpu_devices(args.cpu_devices)
+    if args.command == "ocr":
+        out = ocr(args)
+        for k, v in out.items():
+            print(f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}")
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(out, f, indent=2, default=str)
+        return
     cfg = cli.load(args)
     if args.command == "train":
         from jaxocr import distributed
