@@ -16,7 +16,7 @@ train: $(BIN)/python
 # Install what the tests need and run the whole suite, slow multi-process tests included.
 test: $(BIN)/python
 	$(BIN)/pip install -q -e ".[dev]"
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 test-fast: $(BIN)/python
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -33,15 +33,15 @@ class Predictor:
         results = predictor([img1, img2, ...])   # HxWx3 uint8 BGR (as cv2.imread gives)
 
     Results as the task decodes them: rec (text, score); det {'points': [...], 'scores': [...]}
-    in source-image pixels. Batches are padded to `batch_size` rows, so every call runs one
-    compiled shape."""
+    in source-image pixels. Batches are padded to `batch_size` rows (the task's default: 16 text
+    lines, 1 detection canvas), so every call runs one compiled shape."""
 
-    def __init__(self, cfg: dict, batch_size: int = 16):
+    def __init__(self, cfg: dict, batch_size: int | None = None):
         self.cfg = cfg
-        self.batch_size = int(batch_size)
         self.device = jax.local_devices()[0]
         self.comp = Components(cfg, mesh=None)
         self.task = self.comp.task
+        self.batch_size = int(batch_size or self.task.infer_batch_size)
         g = cfg["Global"]
         self.transform = build_transforms(cfg["Eval"]["dataset"]["transforms"], self.task.charset,
                                           g, infer=True)
@@ -86,7 +86,7 @@ class Predictor:
         return self.run([self.prepare({"image": np.asarray(img)}) for img in images])
 
 
-def predict(cfg: dict, batch_size: int = 16):
+def predict(cfg: dict, batch_size: int | None = None):
     """Yields (path, result) per readable image of `Global.infer_img`; unreadable images are
     logged and skipped. `Predictor.task.format` turns a result into the printed line."""
     g = cfg["Global"]
@@ -94,6 +94,7 @@ def predict(cfg: dict, batch_size: int = 16):
         raise FileNotFoundError("set Global.infer_img=FILE_OR_DIR")
     paths = image_paths(g["infer_img"])
     predictor = Predictor(cfg, batch_size)
+    batch_size = predictor.batch_size
     samples, skipped = [], 0
     for path in paths:
         try:

@@ -23,6 +23,7 @@ import numpy as np
 
 from jaxocr.data.device_norm import normalize_det_images
 from jaxocr.data.sources import DetLabelFilter
+from jaxocr.data.transforms.common import NormalizeImage
 from jaxocr.data.transforms.det_resize import DetResizeForTest, pad_to_bucket
 from jaxocr.losses import build_det_loss
 from jaxocr.metrics import build_metric
@@ -141,6 +142,7 @@ class DBObjective:
 
 class DetTask:
     name = "det"
+    infer_batch_size = 1
     charset = None
     device_keys = {"Train": ("image", *MAPS, "mask"), "Eval": ("image", "valid_shape")}
     ragged_keys = ("polys", "ignore_tags")  # per image, different counts: kept as lists
@@ -153,7 +155,6 @@ class DetTask:
         norm = _op(cfg["Train"]["dataset"].get("transforms"), "NormalizeImage")
         if norm is None:
             norm = _op(cfg["Eval"]["dataset"].get("transforms"), "NormalizeImage") or {}
-        from jaxocr.data.transforms.common import NormalizeImage
         op = NormalizeImage(**{k: v for k, v in norm.items() if k != "order"})
         self.mean, self.std, self.scale = op.mean, op.std, float(op.scale)
         self.canvas = self._canvas(cfg["Eval"]["dataset"])

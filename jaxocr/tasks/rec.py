@@ -67,6 +67,7 @@ class CTCObjective:
 
 class RecTask:
     name = "rec"
+    infer_batch_size = 16
     ragged_keys = ()
     device_keys = {"Train": ("image", "valid_width", "label", "length", "mask"),
                    "Eval": ("image", "valid_width")}
