@@ -287,7 +287,7 @@ __all__ = ["TextSystem", "sorted_boxes", "reading_order", "get_rotate_crop_image
 def end_to_end_counts(results: list[dict], words: list[dict], normalize=str.lower,
                       iou: float = 0.5) -> np.ndarray:
     """The end-to-end counts of one image: (ground-truth words read right, ground-truth words,
-    results). A ground-truth word (`###` ones left out) is read right when a result's polygon
+    results, ground-truth words found by a box). A ground-truth word (`###` ones left out) is read right when a result's polygon
     overlaps it by IoU >= `iou` (one-to-one, greedy by IoU) and its text equals the word's,
     both through `normalize` (the recogniser's dictionary may fold case)."""
     from shapely.geometry import Polygon
@@ -308,4 +308,4 @@ def end_to_end_counts(results: list[dict], words: list[dict], normalize=str.lowe
         used_g.add(g)
         used_d.add(d)
         right += normalize(results[d]["transcription"]) == normalize(care[g]["transcription"])
-    return np.array([right, len(care), len(results)], np.int64)
+    return np.array([right, len(care), len(results), len(used_g)], np.int64)

@@ -245,7 +245,8 @@ def converge(cfg) -> dict:
 
 def ocr(args) -> dict:
     """The det -> rec system on synthetic scenes drawn in the recogniser's dictionary: word
-    recall (ground-truth words found and read exactly), word precision, seconds per image."""
+    recall (ground-truth words found and read exactly) and precision, the same for the boxes
+    alone (IoU >= 0.5, whatever the text), seconds per image."""
     import json as json_
 
     import numpy as np
@@ -261,7 +262,7 @@ def ocr(args) -> dict:
     scenes = SynthTextScene(args.scenes, seed=args.seed, image_size=scene, charset=chars,
                             dont_care_prob=0.0)
     fold = str.lower if not any(c.isupper() for c in chars) else (lambda t: t)
-    totals = np.zeros(3, np.int64)
+    totals = np.zeros(4, np.int64)
     system(scenes.load(0)["image"])  # compile both models first
     t0 = time.perf_counter()
     for i in range(args.scenes):
@@ -269,9 +270,10 @@ def ocr(args) -> dict:
         totals += end_to_end_counts(system(sample["image"]), json_.loads(sample["label"]),
                                     normalize=fold)
     elapsed = time.perf_counter() - t0
-    right, words, results = (int(v) for v in totals)
+    right, words, results, found = (int(v) for v in totals)
     return {"scenes": args.scenes, "words": words, "read_right": right,
             "word_recall": right / max(words, 1), "word_precision": right / max(results, 1),
+            "box_recall": found / max(words, 1), "box_precision": found / max(results, 1),
             "s_per_image": elapsed / args.scenes, "machine": machine()}
 
 

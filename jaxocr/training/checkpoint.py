@@ -346,11 +346,9 @@ def read_state(path: str) -> dict:
     return jax.device_get(state)
 
 
-def load_pretrained(source: str, variables: dict) -> dict:
-    """Weights only (`params` and `batch_stats`), as PaddleOCR's `pretrained_model`: entries
-    missing or of another shape are reported and left as initialised. A path that is not a
-    jaxocr checkpoint (absent, a URL, PaddlePaddle's .pdparams) fails in one line that says
-    how to train without it."""
+def check_pretrained(source) -> None:
+    """Raises CheckpointError, in one line saying how to train without it, for a
+    `pretrained_model` that is not a jaxocr checkpoint (absent, a URL, PaddlePaddle weights)."""
     source = str(source)
     paddle = source.endswith(".pdparams") or os.path.isfile(source + ".pdparams")
     if "://" in source or paddle or not os.path.isdir(source):
@@ -361,6 +359,14 @@ def load_pretrained(source: str, variables: dict) -> dict:
             f"Global.pretrained_model {source} is {what}; it must be a jaxocr checkpoint "
             f"(a run directory, latest/ or best_accuracy/). To train from scratch: "
             f"-o Global.pretrained_model=")
+
+
+def load_pretrained(source: str, variables: dict) -> dict:
+    """Weights only (`params` and `batch_stats`), as PaddleOCR's `pretrained_model`: entries
+    missing or of another shape are reported and left as initialised. A path that is not a
+    jaxocr checkpoint (absent, a URL, PaddlePaddle's .pdparams) fails in one line that says
+    how to train without it."""
+    check_pretrained(source)
     state = read_state(source)
     loaded = {k: state.get(k, {}) for k in variables}
     flat_loaded = {jax.tree_util.keystr(k): v for k, v in

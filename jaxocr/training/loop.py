@@ -229,6 +229,8 @@ def train(cfg: dict, mesh=None) -> dict:
             yaml.safe_dump(cfg, f, sort_keys=False)
 
     check_same_config(config_hash(cfg))
+    if g.get("pretrained_model"):  # before anything is built: a wrong path fails at once
+        checkpoint.check_pretrained(g["pretrained_model"])
 
     # ---- mesh, data, model, optimizer ----
     comp = Components(cfg, mesh)
