@@ -11,6 +11,7 @@ these functions, with `Unavailable` naming what is missing. Every caller treats 
 | `jax._src.distributed.global_state.client` | the coordination-service client: key-value store and barrier for the liveness announcement (`job_failure.announce`) | a lost peer is not named (the job still fails fast where the collective fails) |
 | `jax._src.distributed.global_state.coordinator_address` | the address the liveness socket is opened towards (this host's route to the coordinator) | as above |
 | `jaxlib._jax.make_gloo_tcp_collectives(distributed_client=, hostname=)` | CPU gloo collectives bound to this host's `--ips` address | gloo binds where the hostname resolves (may be unreachable from other hosts) |
+| `jax.typeof(x).manual_axis_type.varying` (0.10; `.vma` where a release has it) | the mesh axes a value varies over inside `shard_map` (`varying_axes`), for the fast conv's hand-written kernel gradient (`models/layers.py`) | treated as none: correct under the train step (`check_vma` off); a `check_vma` shard_map then fails in that conv's backward |
 | `jax._src.xla_bridge.register_backend_factory("cpu", make_cpu_client(collectives=), priority=0, fail_quietly=False)` | install the CPU client with those collectives before the backend starts | as above |
 
 The client methods `key_value_set(key, value)`, `wait_at_barrier(id, timeout_ms)` and
@@ -93,3 +94,15 @@ def warn_if_unchecked():
                     "against (%s); if one moved, peer naming or gloo binding is switched off "
                     "with a warning", jax.__version__,
                     ", ".join(f"{a}.{b}.x" for a, b in CHECKED))
+
+
+def varying_axes(x) -> frozenset:
+    """The manual mesh axes `x` varies over inside a `shard_map` with check_vma (empty outside
+    one, or with check_vma off)."""
+    import jax
+    t = jax.typeof(x)
+    vma = getattr(t, "vma", None)
+    if vma is None:
+        mat = getattr(t, "manual_axis_type", None)
+        vma = getattr(mat, "varying", None) if mat is not None else None
+    return frozenset(vma or ())

@@ -26,6 +26,8 @@ import jax.numpy as jnp
 from flax import linen as nn
 from jax import lax
 
+from jaxocr.jax_internals import varying_axes
+
 Array = jax.Array
 Dtype = Any
 
@@ -194,7 +196,14 @@ def _dense_bwd(padding, res, g):
     _, input_grad = jax.vjp(lambda v: conv_xla(v, kernel, (1, 1), padding, 1), x)
     dx, = input_grad(g)
     dw = _dense_kernel_grad(x, g, kernel.shape[0], kernel.shape[1], padding)
+    # Under a shard_map that tracks replication (check_vma), a replicated kernel's cotangent
+    # is summed over the mesh axes the data varies on, as JAX's own transpose would do; the
+    # train step (check_vma off) all-reduces its gradients once, itself.
+    extra = tuple(sorted(varying_axes(dw) - varying_axes(kernel)))
+    if extra:
+        dw = lax.psum(dw, extra)
     return dx, dw.astype(kernel.dtype)
+
 
 
 dense_conv_fast.defvjp(_dense_fwd, _dense_bwd)
