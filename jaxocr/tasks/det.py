@@ -24,6 +24,7 @@ import numpy as np
 from jaxocr.data.device_norm import normalize_det_images
 from jaxocr.data.sources import DetLabelFilter
 from jaxocr.data.transforms.common import NormalizeImage
+from jaxocr.data.transforms import op_options
 from jaxocr.data.transforms.det_resize import DetResizeForTest, pad_to_bucket
 from jaxocr.losses import build_det_loss
 from jaxocr.metrics import build_metric
@@ -34,16 +35,6 @@ log = logging.getLogger("jaxocr")
 MAPS = ("threshold_map", "threshold_mask", "shrink_map", "shrink_mask")
 LOSS_PARTS = ("loss_shrink_maps", "loss_threshold_maps", "loss_binary_maps")
 UNBOUNDED_CANVAS_SIDE = 1312  # the long side of PaddleOCR's min-736 resize of a 16:9 image
-
-
-def _op(transforms, name):
-    """The options of the first `name` op in a transforms list (None if absent)."""
-    for entry in transforms or []:
-        if isinstance(entry, str):
-            entry = {entry: None}
-        if isinstance(entry, dict) and len(entry) == 1 and name in entry:
-            return dict(entry[name] or {})
-    return None
 
 
 def _ceil32(v) -> int:
@@ -152,9 +143,9 @@ class DetTask:
         self.main_indicator = (cfg.get("Metric") or {}).get("main_indicator", "hmean")
         self.postprocess = build_det_postprocess(cfg.get("PostProcess") or
                                                  {"name": "DBPostProcess"})
-        norm = _op(cfg["Train"]["dataset"].get("transforms"), "NormalizeImage")
+        norm = op_options(cfg["Train"]["dataset"].get("transforms"), "NormalizeImage")
         if norm is None:
-            norm = _op(cfg["Eval"]["dataset"].get("transforms"), "NormalizeImage") or {}
+            norm = op_options(cfg["Eval"]["dataset"].get("transforms"), "NormalizeImage") or {}
         op = NormalizeImage(**{k: v for k, v in norm.items() if k != "order"})
         self.mean, self.std, self.scale = op.mean, op.std, float(op.scale)
         self.canvas = self._canvas(cfg["Eval"]["dataset"])
@@ -167,12 +158,12 @@ class DetTask:
                 raise ValueError(f"Eval.dataset.canvas must be [H, W], multiples of 32, got "
                                  f"{dataset['canvas']!r}")
             return h, w
-        resize = _op(dataset.get("transforms"), "DetResizeForTest")
+        resize = op_options(dataset.get("transforms"), "DetResizeForTest")
         return default_canvas(DetResizeForTest(**(resize or {})))
 
     def input_shape(self) -> tuple[int, int, int] | None:
         """(H, W, C) of the Train crops (EastRandomCropData's size)."""
-        crop = _op(self.cfg["Train"]["dataset"].get("transforms"), "EastRandomCropData")
+        crop = op_options(self.cfg["Train"]["dataset"].get("transforms"), "EastRandomCropData")
         if crop is None:
             return None
         h, w = (int(v) for v in crop.get("size", (640, 640)))

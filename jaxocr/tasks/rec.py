@@ -12,6 +12,7 @@ import jax.numpy as jnp
 
 from jaxocr.data.charset import CharacterDict
 from jaxocr.data.device_norm import normalize_rec_images
+from jaxocr.data.transforms import op_options
 from jaxocr.losses import build_loss
 from jaxocr.metrics import build_metric
 from jaxocr.metrics.rec_device import canonical_ids, rec_metric_sums
@@ -82,13 +83,11 @@ class RecTask:
 
     def input_shape(self) -> tuple[int, int, int] | None:
         """(H, W, C) of the Train images, from the config's resize op."""
-        for op in self.cfg["Train"]["dataset"].get("transforms") or []:
-            if isinstance(op, dict) and len(op) == 1:
-                (name, kw), = op.items()
-                if name in RESIZE_OPS and kw and kw.get("image_shape"):
-                    c, h, w = (int(v) for v in kw["image_shape"])
-                    return h, w, c
-        return None
+        resize = op_options(self.cfg["Train"]["dataset"].get("transforms"), *RESIZE_OPS)
+        if not resize or not resize.get("image_shape"):
+            return None
+        c, h, w = (int(v) for v in resize["image_shape"])
+        return h, w, c
 
     def loader_options(self, model, mode: str) -> dict:
         """Train labels needing more CTC frames than the model emits are dropped at scan."""

@@ -51,6 +51,7 @@ from jaxocr.data.transforms.rec_resize import (RecResizeImg, SVTRRecResizeImg, r
                                                resize_norm_img)
 
 __all__ = [
+    "op_options",
     "OPS", "REC_OPS", "DET_OPS", "Compose", "build_transforms", "BadSample", "LABEL_KEYS",
     "INTERNAL_KEYS", "DecodeImage", "KeepKeys", "NormalizeImage", "ToCHWImage", "normalize",
     "RecAug", "jitter", "CTCLabelEncode", "RecResizeImg", "SVTRRecResizeImg", "resize_img",
@@ -135,6 +136,19 @@ class Compose:
 
     def __repr__(self) -> str:
         return f"Compose({[type(op).__name__ for op in self.ops]})"
+
+
+def op_options(ops_cfg: list | None, *names: str) -> dict | None:
+    """The options of the first op of a `transforms:` list named one of `names` ({} for an op
+    written without options), or None when there is none."""
+    for entry in ops_cfg or []:
+        if isinstance(entry, str):
+            entry = {entry: None}
+        if isinstance(entry, dict) and len(entry) == 1:
+            (name, kwargs), = entry.items()
+            if name in names:
+                return dict(kwargs or {})
+    return None
 
 
 def build_transforms(ops_cfg: list | None, charset: CharacterDict, global_cfg: dict | None = None,
