@@ -14,9 +14,14 @@ log = logging.getLogger("jaxocr")
 
 def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
-    p.add_argument("-c", "--config", required=True, help="PaddleOCR-schema YAML config")
+    p.add_argument("-c", "--config", required=True,
+                   help="a PaddleOCR or PaddleDetection YAML config")
     p.add_argument("-o", "--opt", nargs="+", action="append", default=[],
                    metavar="Key.sub=value", help="override config values (YAML-parsed)")
+    p.add_argument("--eval", action="store_true",
+                   help="PaddleDetection configs: evaluate every snapshot_epoch epochs while "
+                        "training (tools/train.py --eval); PaddleOCR configs evaluate by "
+                        "Global.eval_batch_step")
     p.add_argument("--cpu_devices", type=int, default=None,
                    help="on CPU, simulate this many devices in this process")
     return p
@@ -30,7 +35,8 @@ def set_cpu_devices(n: int | None):
 
 
 def load(args) -> dict:
-    return load_config(args.config, parse_overrides(args.opt))
+    return load_config(args.config, parse_overrides(args.opt),
+                       eval_in_training=bool(getattr(args, "eval", False)))
 
 
 def run(main):

@@ -10,7 +10,6 @@ import difflib
 import hashlib
 import json
 import logging
-import os
 
 import yaml
 
@@ -28,6 +27,9 @@ KNOWN = {
         "use_space_char", "save_res_path", "seed", "use_sync_bn", "use_amp", "amp_dtype",
         "use_tensorboard", "conv_impl", "prefetch",
         "auto_resume", "save_every_steps", "save_every_minutes", "compilation_cache_dir",
+        # from PaddleDetection configs (config_ppdet.py): eval every N epochs (--eval), the EMA
+        # of the weights, the checkpoint eval / infer read (`weights`)
+        "eval_epoch_step", "use_ema", "ema_decay", "infer_checkpoint", "pretrained_key",
     },
     "Optimizer": {
         "name", "beta1", "beta2", "epsilon", "momentum", "lr", "regularizer", "clip_norm",
@@ -37,8 +39,10 @@ KNOWN = {
     "Optimizer.lr": {
         "name", "learning_rate", "warmup_epoch", "decay_epochs", "values", "T_max", "eta_min",
         "step_size", "gamma", "end_lr", "power",
+        # PaddleDetection's CosineDecay / LinearWarmup (config_ppdet.py)
+        "max_epochs", "warmup_steps", "warmup_start_factor",
     },
-    "Optimizer.regularizer": {"name", "factor"},
+    "Optimizer.regularizer": {"name", "factor", "norm_factor"},
     "Train": {"dataset", "loader", "sampler"},  # sampler: rejected below unless empty
     "Eval": {"dataset", "loader", "sampler"},
     "Train.dataset": {
@@ -47,6 +51,11 @@ KNOWN = {
         # SynthTextScene (detection) and the fixed eval canvas of a det model
         "image_size", "words_per_image", "dont_care_prob", "word_len", "font_size",
         "max_angle", "canvas",
+        # COCO-format object detection (COCODataSet, SynthShapes) and its reader's batch ops
+        "dataset_dir", "image_dir", "anno_path", "data_fields", "sample_num", "load_crowd",
+        "allow_empty", "empty_ratio", "repeat", "clip_bbox", "num_classes",
+        "objects_per_image", "object_size", "min_visible", "min_contrast", "noise_prob",
+        "batch_transforms",
     },
     "Train.loader": {"shuffle", "drop_last", "batch_size_per_card", "num_workers", "worker_type"},
 }
@@ -66,8 +75,15 @@ TASK_KEYS = {
                         "use_dilation", "score_mode", "box_type"},
         "Metric": {"name", "main_indicator"},
     },
+    "yolo": {  # filled from PaddleDetection's PPYOLOEHead section (config_ppdet.py)
+        "Loss": {"name", "num_classes", "static_assigner_epoch", "use_varifocal_loss",
+                 "loss_weight", "static_assigner", "assigner"},
+        "PostProcess": {"name", "score_threshold", "nms_top_k", "keep_top_k", "nms_threshold",
+                        "normalized", "nms_eta", "background_label", "return_index"},
+        "Metric": {"name", "main_indicator"},
+    },
 }
-TASK_POSTPROCESS = {"rec": "CTCLabelDecode", "det": "DBPostProcess"}
+TASK_POSTPROCESS = {"rec": "CTCLabelDecode", "det": "DBPostProcess", "yolo": "MultiClassNMS"}
 KNOWN["Eval.loader"] = KNOWN["Train.loader"]
 
 # PaddleOCR keys with no meaning in jaxocr: accepted, ignored with one info line.
@@ -108,15 +124,20 @@ class ConfigError(ValueError):
     """A config problem, with the offending key path in the message."""
 
 
-def load_config(path: str, overrides: list[str] | None = None) -> dict:
-    if not os.path.isfile(path):
-        raise ConfigError(f"config file not found: {path}")
-    with open(path) as f:
-        cfg = yaml.safe_load(f) or {}
-    if not isinstance(cfg, dict):
-        raise ConfigError(f"{path}: top level must be a mapping of sections")
-    for item in overrides or []:
-        apply_override(cfg, item)
+def load_config(path: str, overrides: list[str] | None = None,
+                eval_in_training: bool = False) -> dict:
+    """The run config of a PaddleOCR config, or of a PaddleDetection one (`_BASE_` includes,
+    its own keys; config_ppdet.py maps it onto this schema). `eval_in_training`: PaddleDetection
+    tools/train.py's `--eval` (a PaddleOCR config evaluates by its Global.eval_batch_step)."""
+    from jaxocr import config_ppdet
+    raw = config_ppdet.read_yaml(path)
+    if config_ppdet.is_ppdet_config(raw):
+        cfg = config_ppdet.to_run_config(config_ppdet.read_ppdet_config(path, overrides),
+                                         eval_in_training)
+    else:
+        cfg = raw
+        for item in overrides or []:
+            apply_override(cfg, item)
     validate(cfg)
     return fill_defaults(cfg)
 
@@ -130,7 +151,8 @@ def parse_overrides(items: list[str] | None) -> list[str]:
 
 
 def apply_override(cfg: dict, item: str) -> None:
-    """`A.b.c=value`: value parsed through YAML, as PaddleOCR's `-o` does."""
+    """`A.b.c=value`: value parsed through YAML, as PaddleOCR's `-o` does; a number steps
+    into a list (`Train.dataset.transforms.1.RecAug.prob=0.2`)."""
     if "=" not in item:
         raise ConfigError(f"override {item!r} must look like Key.sub=value")
     key, raw = item.split("=", 1)
@@ -142,14 +164,26 @@ def apply_override(cfg: dict, item: str) -> None:
             pass
     parts = key.strip().split(".")
     node = cfg
-    for i, part in enumerate(parts[:-1]):
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(node, list):  # a transforms list: `...transforms.2.Resize.interp=1`
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"override {item!r}: {'.'.join(parts[:i])} is a list of "
+                                  f"{len(node)}; {part!r} is not an index into it")
+            if last:
+                node[int(part)] = value
+                return
+            node = node[int(part)]
+            continue
+        if last:
+            node[part] = value
+            return
         child = node.get(part)
         if child is None:
             child = node[part] = {}
-        if not isinstance(child, dict):
+        if not isinstance(child, (dict, list)):
             raise ConfigError(f"override {item!r}: {'.'.join(parts[:i + 1])} is not a section")
         node = child
-    node[parts[-1]] = value
 
 
 def validate(cfg: dict) -> None:

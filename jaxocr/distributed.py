@@ -310,6 +310,19 @@ def sum_across_processes(values: np.ndarray) -> np.ndarray:
     return np.asarray(multihost_utils.process_allgather(np.asarray(values))).sum(axis=0)
 
 
+def other_processes(values: np.ndarray) -> list[np.ndarray]:
+    """The `values` arrays of every other process (any first-axis length; the same dtype and
+    trailing shape everywhere), by process id: a metric's partial state to merge."""
+    if jax.process_count() == 1:
+        return []
+    values = np.asarray(values)
+    sizes = every_process(len(values))
+    padded = np.zeros((int(sizes.max()), *values.shape[1:]), values.dtype)
+    padded[:len(values)] = values
+    every = np.asarray(multihost_utils.process_allgather(padded))
+    return [every[p][:sizes[p]] for p in range(len(sizes)) if p != jax.process_index()]
+
+
 def every_process(value: int) -> np.ndarray:
     """`value` (an int64) of every process, by process id."""
     if jax.process_count() == 1:

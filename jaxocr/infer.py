@@ -43,9 +43,10 @@ class Predictor:
         self.task = self.comp.task
         self.batch_size = int(batch_size or self.task.infer_batch_size)
         g = cfg["Global"]
-        self.transform = build_transforms(cfg["Eval"]["dataset"]["transforms"], self.task.charset,
-                                          g, infer=True)
-        self.finalize = self.task.loader_options(self.comp.model, "Eval").get("finalize")
+        options = self.task.loader_options(self.comp.model, "Eval")
+        self.transform = options.get("transform") or build_transforms(
+            cfg["Eval"]["dataset"]["transforms"], self.task.charset, g, infer=True)
+        self.finalize = options.get("finalize")
         self.keys = self.task.device_keys["Eval"]
         self._variables = None
         comp, objective = self.comp, self.comp.objective

@@ -58,3 +58,19 @@ def det_config_file(path, source=QUICKSTART_DB, size=64, crop=None, **dataset):
     with open(path, "w") as f:
         yaml.safe_dump(cfg, f, sort_keys=False)
     return str(path)
+
+
+QUICKSTART_YOLO = os.path.join(ROOT, "configs/ppyoloe/quickstart_ppyoloe_s.yml")
+PPYOLOE_S = os.path.join(ROOT, "configs/ppyoloe/ppyoloe_crn_s_300e_coco.yml")
+
+
+def yolo_overrides(save_dir, size=64, width=0.25, epochs=2):
+    """The quick-start PP-YOLOE-s (the real model code, a quarter of its width) on a few
+    synthetic `size`-px images, one input size, ATSS for the first epoch and TAL after."""
+    return [f"save_dir={save_dir}", f"width_mult={width}", f"epoch={epochs}",
+            "TrainDataset.num_samples=8", "EvalDataset.num_samples=6",
+            f"TrainDataset.image_size={size}", f"EvalDataset.image_size={size}",
+            "TrainReader.batch_size=2", "EvalReader.batch_size=2", "worker_num=1",
+            f"TrainReader.batch_transforms.0.BatchRandomResize.target_size=[{size}]",
+            f"EvalReader.sample_transforms.1.Resize.target_size=[{size},{size}]",
+            "PPYOLOEHead.static_assigner_epoch=1", "snapshot_epoch=1", "log_iter=1"]

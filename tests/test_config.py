@@ -85,6 +85,16 @@ def test_bad_override_syntax():
         apply_override({}, "Global.epoch_num")
     with pytest.raises(ConfigError, match="not a section"):
         apply_override({"Global": {"epoch_num": 1}}, "Global.epoch_num.x=1")
+    with pytest.raises(ConfigError, match="a list of 1; '3' is not an index"):
+        apply_override({"T": [{"A": {}}]}, "T.3.A.b=1")
+
+
+def test_overrides_step_into_transform_lists():
+    cfg = {"Train": {"dataset": {"transforms": [{"DecodeImage": {}}, {"RecAug": None}]}}}
+    apply_override(cfg, "Train.dataset.transforms.1.RecAug.prob=0.2")
+    apply_override(cfg, "Train.dataset.transforms.0={KeepKeys: {keep_keys: [image]}}")
+    assert cfg["Train"]["dataset"]["transforms"] == [{"KeepKeys": {"keep_keys": ["image"]}},
+                                                     {"RecAug": {"prob": 0.2}}]
 
 
 def test_missing_config_file():
@@ -93,7 +103,8 @@ def test_missing_config_file():
 
 
 SHIPPED = {"rec_mv3_none_bilstm_ctc.yml": 1_451_787, "quickstart_crnn.yml": 1_451_787,
-           "rec_svtrnet.yml": 6_022_605, "quickstart_svtr.yml": 6_022_605}
+           "rec_svtrnet.yml": 6_022_605, "quickstart_svtr.yml": 6_022_605,
+           "quickstart_svtr_scenes.yml": 6_022_605}
 
 
 def test_every_shipped_config_is_listed_here():

@@ -82,12 +82,16 @@ class SampleMaker:
     (pickled to grain's workers)."""
 
     def __init__(self, source, transform, seed: int, train: bool, finalize=None,
-                 ragged_keys=()):
+                 ragged_keys=(), batch_transform=None):
         """`finalize(sample) -> sample`: the task's last step after the transforms (a det eval
         image padded into its canvas); `ragged_keys`: keys whose arrays differ in shape from
-        row to row (a det image's polygons), batched as lists."""
+        row to row (a det image's polygons), batched as lists; `batch_transform(rows, step,
+        seed) -> rows`: PaddleDetection's batch transforms (a multi-scale resize, padded
+        ground truth), given the batch's global position (epoch, first sample) as its step,
+        the same in every process."""
         self.source = source
         self.transform = transform
+        self.batch_transform = batch_transform
         self.seed = int(seed)
         self.train = bool(train)
         self.finalize = finalize
@@ -150,9 +154,14 @@ class SampleMaker:
         row["bad"] = np.int32(MAX_SUBSTITUTES if self.train else 1)
         return row
 
-    def batch(self, indices: np.ndarray, epoch: int) -> dict:
+    def batch(self, indices: np.ndarray, epoch: int, position: int = 0) -> dict:
         rows = [self.load(i, epoch) for i in indices]
-        keys = self._blank.keys() if self._blank is not None else rows[0].keys()
+        if self.batch_transform is not None and rows:
+            rows = self.batch_transform(rows, (int(epoch), int(position)), self.seed)
+            # keys some rows lack (a flip's `flipped` mark) are left out
+            keys = [k for k in rows[0] if all(k in r for r in rows[1:])]
+        else:
+            keys = self._blank.keys() if self._blank is not None else rows[0].keys()
         out = {k: [r[k] for r in rows] if k in self.ragged_keys else np.stack([r[k] for r in rows])
                for k in keys if k not in ("mask", "bad")}
         out["mask"] = np.array([r["mask"] for r in rows], np.float32)
@@ -233,6 +242,7 @@ class BatchPlan:
                 self._cache[k] = idx
         n = self.order.l
         return {"epoch": epoch, "indices": idx[step * n:(step + 1) * n],
+                "position": start + step * self.order.g,
                 "next_sample": start + (step + 1) * self.order.g,
                 "epoch_end": step + 1 == self.steps[k]}
 
@@ -244,7 +254,7 @@ class _MakeBatch:
         self.maker = maker
 
     def __call__(self, item: dict) -> dict:
-        out = self.maker.batch(item["indices"], item["epoch"])
+        out = self.maker.batch(item["indices"], item["epoch"], item["position"])
         out["epoch"] = item["epoch"]
         out["next_sample"] = item["next_sample"]
         out["epoch_end"] = item["epoch_end"]
@@ -267,12 +277,15 @@ class Loader:
     """
 
     def __init__(self, cfg: dict, mode: str, charset, mesh, max_ctc_steps: int | None = None,
-                 device_keys=None, label_filter=None, finalize=None, ragged_keys=()):
+                 device_keys=None, label_filter=None, finalize=None, ragged_keys=(),
+                 transform=None, batch_transform=None):
         """`max_ctc_steps`: the CTC frames the model emits; Train labels needing more are
         dropped when the source is scanned (counted as too_long_for_ctc). `device_keys`: the
         batch keys that go to the devices (the task's; recognition's by default).
-        `label_filter`, `finalize`, `ragged_keys`: the task's label-file rule, last step per
-        sample and list-batched keys (see build_source and SampleMaker)."""
+        `label_filter`, `finalize`, `ragged_keys`, `batch_transform`: the task's label-file
+        rule, last step per sample, list-batched keys and batch transforms (see build_source
+        and SampleMaker); `transform`: the task's sample transforms (PaddleDetection's), else
+        the dataset's PaddleOCR `transforms` list."""
         section, g = cfg[mode], cfg["Global"]
         self.device_keys = tuple(device_keys or DEVICE_KEYS[mode])
         self.mode = mode
@@ -280,7 +293,8 @@ class Loader:
         self.epoch_num = int(g.get("epoch_num", 1))
         self.source = build_source(section["dataset"], mode.lower(), charset, g, self.seed,
                                    max_ctc_steps=max_ctc_steps, label_filter=label_filter)
-        self.transform = build_transforms(section["dataset"].get("transforms") or [], charset, g)
+        self.transform = transform or build_transforms(section["dataset"].get("transforms") or [],
+                                                       charset, g)
         loader = section["loader"]
         self.shuffle = bool(loader["shuffle"]) and mode == "Train"
         self.drop_last = bool(loader["drop_last"]) if mode == "Train" else False
@@ -306,7 +320,8 @@ class Loader:
                 f"{mode}.dataset has {self.num_samples} samples, fewer than one global batch "
                 f"({self.global_batch} = batch_size_per_card {per_card} x {mesh.size} devices)")
         self.maker = SampleMaker(self.source, self.transform, self.seed, train=mode == "Train",
-                                 finalize=finalize, ragged_keys=ragged_keys)
+                                 finalize=finalize, ragged_keys=ragged_keys,
+                                 batch_transform=batch_transform)
         self._prefetchers: list = []  # live DevicePrefetchers
         self._iters: list = []        # live grain iterators
         self._eval = None             # (grain iterator, batches pulled) kept between evals

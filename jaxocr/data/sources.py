@@ -28,6 +28,10 @@ raises `BadSample` (the pipeline substitutes another sample and counts it).
 - LMDBDataSet: every directory under `data_dir` holding a `data.mdb`, keys `num-samples`,
   `image-%09d`, `label-%09d` (1-based), as in PaddleOCR / deep-text-recognition-benchmark.
 - SynthTextLine: text lines rendered on the fly (jaxocr/data/synth.py).
+- SynthSceneWords: word crops cut from synthetic scenes as the det -> rec system cuts them
+  (jaxocr/data/synth_words.py).
+- SynthTextScene: detection scenes (jaxocr/data/synth_scenes.py).
+- COCODataSet / SynthShapes: COCO-format object detection (jaxocr/data/coco.py, synth_shapes.py).
 """
 from __future__ import annotations
 
@@ -41,12 +45,14 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from jaxocr.data.charset import UNKNOWN_CHARS_MODES, CharacterDict
+from jaxocr.data.source_api import EveryEntryEachEpoch
 from jaxocr.data.synth import MAX_DEFAULT_LEN, SynthTextLine
 from jaxocr.data.transforms import BadSample
 
 log = logging.getLogger("jaxocr")
 
-KNOWN_SOURCES = ("SimpleDataSet", "LMDBDataSet", "SynthTextLine", "SynthTextScene")
+KNOWN_SOURCES = ("SimpleDataSet", "LMDBDataSet", "SynthTextLine", "SynthSceneWords",
+                 "SynthTextScene", "COCODataSet", "SynthShapes")
 SYNTH_DEFAULT_SAMPLES = {"train": 10000, "eval": 1000}
 EVAL_SEED_OFFSET = 1_000_003  # the default synthetic Eval set differs from the Train set
 STAT_THREADS = 32    # image existence checks are I/O-bound (network file systems): many threads
@@ -139,18 +145,6 @@ def missing_files(data_dir: str, rel_paths, threads: int = STAT_THREADS) -> set[
     return missing
 
 
-class _EveryEntryEachEpoch:
-    """epoch_indices / num_entries of a source that uses every entry in every epoch."""
-
-    @property
-    def num_entries(self) -> int:
-        return len(self)
-
-    def epoch_indices(self, epoch: int) -> np.ndarray:
-        return np.arange(self.num_entries, dtype=np.int64)
-
-
-# ----------------------------------------------------------------------------------------------
 class SimpleDataSet:
     """PaddleOCR label files. Entries are the usable lines of every file, file by file in line
     order (raw index = position in `paths` / `labels`). With `ratio_list`, each epoch uses
@@ -355,7 +349,7 @@ def _scan_labels(path: str, keep: LabelFilter):
     return n, ok
 
 
-class LMDBDataSet(_EveryEntryEachEpoch):
+class LMDBDataSet(EveryEntryEachEpoch):
     """Read-only LMDBs. Environments are opened once per process (again after a fork, lazily)
     and shared by its threads and sources; each `load` reads in its own transaction. Only
     paths and index arrays are kept (labels are re-read in `load`), so it pickles small.
@@ -408,7 +402,7 @@ class LMDBDataSet(_EveryEntryEachEpoch):
                 f"{self.data_dir}, dropped {self.dropped})")
 
 
-class SynthSource(_EveryEntryEachEpoch, SynthTextLine):
+class SynthSource(EveryEntryEachEpoch, SynthTextLine):
     """SynthTextLine as a source: every label is drawn from the dictionary, nothing is dropped."""
 
     def __init__(self, *args, **kwargs):
@@ -459,47 +453,70 @@ def build_source(dataset_cfg: dict, mode: str, charset: CharacterDict, global_cf
                             unknown_chars=unknown, max_ctc_steps=ctc_steps,
                             label_filter=label_filter)
     elif name == "SynthTextScene":
-        src = _synth_scenes(dataset_cfg, mode, seed)
+        from jaxocr.data.synth_scenes import SynthTextScene
+        src = _synthetic(SynthTextScene, SCENE_OPTIONS, dataset_cfg, mode, seed)
+    elif name == "COCODataSet":
+        from jaxocr.data.coco import COCODataSet
+        options = {k: dataset_cfg[k] for k in COCO_OPTIONS if dataset_cfg.get(k) is not None}
+        src = COCODataSet(seed=seed, **options)
+    elif name == "SynthShapes":
+        from jaxocr.data.synth_shapes import SynthShapes
+        src = _synthetic(SynthShapes, SHAPES_OPTIONS, dataset_cfg, mode, seed)
     elif name == "LMDBDataSet":
         src = LMDBDataSet(dataset_cfg.get("data_dir"), charset, max_len, unknown_chars=unknown,
                           max_ctc_steps=ctc_steps)
-    elif name == "SynthTextLine":
+    elif name in ("SynthTextLine", "SynthSceneWords"):
         ds_seed = dataset_cfg.get("seed")
         if ds_seed is None:
             ds_seed = int(seed) + (EVAL_SEED_OFFSET if mode == "eval" else 0)
         max_text = dataset_cfg.get("max_len")
         max_text = min(MAX_DEFAULT_LEN, max_len) if max_text is None else int(max_text)
         if max_text > max_len:
-            raise ValueError(f"SynthTextLine: max_len {max_text} exceeds Global.max_text_length "
+            raise ValueError(f"{name}: max_len {max_text} exceeds Global.max_text_length "
                              f"{max_len}")
         if ctc_steps is not None and 2 * max_text - 1 > ctc_steps:
-            log.warning("SynthTextLine: max_len %d may draw labels needing up to %d CTC frames, "
-                        "more than the model's %d (rendered on the fly, they cannot be dropped "
-                        "at start)", max_text, 2 * max_text - 1, ctc_steps)
+            log.warning("%s: max_len %d may draw labels needing up to %d CTC frames, more than "
+                        "the model's %d (rendered on the fly, they cannot be dropped at start)",
+                        name, max_text, 2 * max_text - 1, ctc_steps)
         num = dataset_cfg.get("num_samples")
         if num is None:
             num = SYNTH_DEFAULT_SAMPLES.get(mode, SYNTH_DEFAULT_SAMPLES["train"])
-        src = SynthSource(charset, num_samples=int(num), seed=int(ds_seed),
-                          min_len=int(dataset_cfg.get("min_len", 1)), max_len=max_text,
-                          fonts=dataset_cfg.get("fonts"),
-                          mixed_case=dataset_cfg.get("mixed_case"))
+        common = dict(num_samples=int(num), seed=int(ds_seed),
+                      min_len=int(dataset_cfg.get("min_len", 1)), max_len=max_text,
+                      fonts=dataset_cfg.get("fonts"))
+        if name == "SynthTextLine":
+            src = SynthSource(charset, mixed_case=dataset_cfg.get("mixed_case"), **common)
+        else:
+            from jaxocr.data.synth_words import SynthSceneWords
+            scene = {k: dataset_cfg[k] for k in WORD_SCENE_OPTIONS
+                     if dataset_cfg.get(k) is not None}
+            src = SynthSceneWords(charset, **common, **scene)
     else:
         raise ValueError(f"unknown dataset name {name!r}; known: {', '.join(KNOWN_SOURCES)}")
-    _log_summary(src, mode, dictionary=label_filter is None and name != "SynthTextScene")
+    _log_summary(src, mode, dictionary=label_filter is None and name not in DETECTION_SOURCES)
     return src
 
 
+DETECTION_SOURCES = ("SynthTextScene", "COCODataSet", "SynthShapes")  # no character dictionary
+COCO_OPTIONS = ("dataset_dir", "image_dir", "anno_path", "data_fields", "sample_num",
+                "load_crowd", "allow_empty", "empty_ratio", "repeat", "clip_bbox")
+SHAPES_OPTIONS = ("image_size", "num_classes", "objects_per_image", "object_size",
+                  "min_visible", "min_contrast", "noise_prob")
+
+
+WORD_SCENE_OPTIONS = ("image_size", "words_per_image", "font_size", "max_angle")
 SCENE_OPTIONS = ("image_size", "words_per_image", "fonts", "dont_care_prob", "word_len",
                  "font_size", "max_angle")
 
 
-def _synth_scenes(dataset_cfg: dict, mode: str, seed: int):
-    from jaxocr.data.synth_scenes import SynthTextScene
+def _synthetic(cls, option_names, dataset_cfg: dict, mode: str, seed: int):
+    """A built-in generator with the section's seed (an Eval set apart from the Train set by
+    default), sample count and options."""
     ds_seed = dataset_cfg.get("seed")
     if ds_seed is None:
         ds_seed = int(seed) + (EVAL_SEED_OFFSET if mode == "eval" else 0)
     num = dataset_cfg.get("num_samples")
     if num is None:
         num = SYNTH_DEFAULT_SAMPLES.get(mode, SYNTH_DEFAULT_SAMPLES["train"])
-    options = {k: dataset_cfg[k] for k in SCENE_OPTIONS if dataset_cfg.get(k) is not None}
-    return SynthTextScene(num_samples=int(num), seed=int(ds_seed), **options)
+    options = {k: dataset_cfg[k] for k in option_names if dataset_cfg.get(k) is not None}
+    return cls(num_samples=int(num), seed=int(ds_seed), **options)

@@ -39,6 +39,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw
 
+from jaxocr.data.source_api import EveryEntryEachEpoch
 from jaxocr.data.synth import DEFAULT_FONTS, FontCache, font_codepoints, resolve_font
 
 log = logging.getLogger("jaxocr")
@@ -108,7 +109,7 @@ def polygon_inside(quad: np.ndarray, x0: int, y0: int, w: int, h: int,
     return inside
 
 
-class SynthTextScene(FontCache):
+class SynthTextScene(EveryEntryEachEpoch, FontCache):
     """A detection source of `num_samples` synthetic scenes; `load(i)` -> {'image', 'label',
     'img_path'} with the label in PaddleOCR's det JSON (see the module docstring)."""
 
@@ -166,13 +167,6 @@ class SynthTextScene(FontCache):
     # -- source API ---------------------------------------------------------------------------
     def __len__(self) -> int:
         return self.num_samples
-
-    @property
-    def num_entries(self) -> int:
-        return self.num_samples
-
-    def epoch_indices(self, epoch: int) -> np.ndarray:
-        return np.arange(self.num_samples, dtype=np.int64)
 
     def load(self, i: int) -> dict:
         s = self.scene(i)

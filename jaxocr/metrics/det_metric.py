@@ -97,6 +97,10 @@ class DetMetric:
                 pred = pred["points"]
             self.sums += self.evaluate_image(gts, tags, pred)
 
+    def state(self) -> np.ndarray:
+        """The partial result to merge into another process's metric: the sums."""
+        return self.sums.copy()
+
     def merge(self, sums):
         self.sums += np.asarray(sums, np.float64)
 

@@ -34,6 +34,10 @@ class RecMetric:
             pred, target = self._normalize(pred), self._normalize(target)
             self.sums += (pred == target, Levenshtein.normalized_distance(pred, target), 1.0)
 
+    def state(self) -> np.ndarray:
+        """The partial result to merge into another process's metric: the sums."""
+        return self.sums.copy()
+
     def merge(self, sums):
         self.sums += np.asarray(sums, np.float64)
 

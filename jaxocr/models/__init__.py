@@ -31,10 +31,13 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from jaxocr.models.backbones.cspresnet import CSPResNet
 from jaxocr.models.backbones.mobilenet_v3 import MobileNetV3, MobileNetV3Det
 from jaxocr.models.backbones.svtrnet import SVTRNet
 from jaxocr.models.heads.ctc import CTCHead
 from jaxocr.models.heads.db_head import DBHead
+from jaxocr.models.heads.ppyoloe_head import PPYOLOEHead
+from jaxocr.models.necks.custom_pan import CustomCSPPAN
 from jaxocr.models.necks.db_fpn import DBFPN, RSEFPN
 from jaxocr.models.necks.rnn import SequenceEncoder
 from jaxocr.models.transforms.stn import STN_ON
@@ -42,12 +45,14 @@ from jaxocr.models.transforms.stn import STN_ON
 TRANSFORMS: dict[str, type[nn.Module]] = {"STN_ON": STN_ON}
 REC_BACKBONES: dict[str, type[nn.Module]] = {"MobileNetV3": MobileNetV3, "SVTRNet": SVTRNet}
 DET_BACKBONES: dict[str, type[nn.Module]] = {"MobileNetV3": MobileNetV3Det}
+YOLO_BACKBONES: dict[str, type[nn.Module]] = {"CSPResNet": CSPResNet}
 BACKBONES_BY_MODEL_TYPE: dict[str, dict[str, type[nn.Module]]] = {
-    "rec": REC_BACKBONES, "det": DET_BACKBONES}
+    "rec": REC_BACKBONES, "det": DET_BACKBONES, "yolo": YOLO_BACKBONES}
 BACKBONES = REC_BACKBONES  # the rec registry, under its old name
 NECKS: dict[str, type[nn.Module]] = {"SequenceEncoder": SequenceEncoder, "DBFPN": DBFPN,
-                                     "RSEFPN": RSEFPN}
-HEADS: dict[str, type[nn.Module]] = {"CTCHead": CTCHead, "DBHead": DBHead}
+                                     "RSEFPN": RSEFPN, "CustomCSPPAN": CustomCSPPAN}
+HEADS: dict[str, type[nn.Module]] = {"CTCHead": CTCHead, "DBHead": DBHead,
+                                     "PPYOLOEHead": PPYOLOEHead}
 
 _REGISTRIES = {"Transform": TRANSFORMS, "Neck": NECKS, "Head": HEADS}
 _GLOBAL_FIELDS = ("bn_axis_name", "dtype", "conv_impl")
@@ -91,7 +96,8 @@ class BaseModel(nn.Module):
     ``__call__(x, train)``: x is NHWC float (B, H, W, 3).  For a rec model the output is
     (B, T, C): logits when ``train``, probabilities otherwise.  For a DB det model it is
     ``{'maps': (B, H, W, 3)}`` (shrink, thresh, binary) when ``train``, ``{'maps': (B, H, W, 1)}``
-    (shrink) otherwise; H and W multiples of 32.
+    (shrink) otherwise; H and W multiples of 32. For PP-YOLOE (``model_type: yolo``) it is the
+    head's dict (class logits, DFL logits, anchor points and strides; ppyoloe_head.py).
     """
 
     backbone: nn.Module
@@ -147,4 +153,4 @@ def build_model(arch_cfg: dict, bn_axis_name: str | None = None, dtype: Any = jn
 
 
 __all__ = ["build_model", "BaseModel", "TRANSFORMS", "BACKBONES", "REC_BACKBONES",
-           "DET_BACKBONES", "BACKBONES_BY_MODEL_TYPE", "NECKS", "HEADS"]
+           "DET_BACKBONES", "YOLO_BACKBONES", "BACKBONES_BY_MODEL_TYPE", "NECKS", "HEADS"]

@@ -5,8 +5,9 @@ from __future__ import annotations
 from jaxocr.config import ConfigError
 from jaxocr.tasks.det import DetTask
 from jaxocr.tasks.rec import RecTask
+from jaxocr.tasks.yolo import YOLOTask
 
-TASKS = {"rec": RecTask, "det": DetTask}
+TASKS = {"rec": RecTask, "det": DetTask, "yolo": YOLOTask}
 
 
 def build_task(cfg: dict):

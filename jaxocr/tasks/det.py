@@ -107,6 +107,7 @@ class DBObjective:
     """
 
     has_metric = True
+    share_floor = 1e-12
 
     def __init__(self, loss_fn, mean, std, scale):
         self.loss_fn = loss_fn
@@ -175,7 +176,12 @@ class DetTask:
             options.update(finalize=EvalCanvas(self.canvas), ragged_keys=self.ragged_keys)
         return options
 
-    def objective(self) -> DBObjective:
+    @staticmethod
+    def phase(epoch: int) -> None:
+        """One compiled train step for the whole run."""
+        return None
+
+    def objective(self, phase=None) -> DBObjective:
         return DBObjective(build_det_loss(self.cfg.get("Loss") or {"name": "DBLoss"}),
                            self.mean, self.std, self.scale)
 
@@ -186,7 +192,7 @@ class DetTask:
         share = max(values[-1], 1e-12)
         return {k: v / share for k, v in zip(LOSS_PARTS, values)}
 
-    def build_metric(self):
+    def build_metric(self, source=None):
         return build_metric(self.cfg.get("Metric") or {"name": "DetMetric"})
 
     def decode(self, predictions, host: dict) -> list[dict]:

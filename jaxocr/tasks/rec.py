@@ -35,6 +35,8 @@ class CTCObjective:
     (correct, edit distance, count) over the real rows when a metric table is given.
     """
 
+    share_floor = 1e-12  # the real rows' share: the mean over devices, unclipped
+
     def __init__(self, loss_fn, metric_table=None):
         self.loss_fn = loss_fn
         self.metric_table = metric_table
@@ -99,7 +101,12 @@ class RecTask:
             jax.random.PRNGKey(0), x, train=False), x)
         return {"max_ctc_steps": int(out.shape[1])}
 
-    def objective(self) -> CTCObjective:
+    @staticmethod
+    def phase(epoch: int) -> None:
+        """One compiled train step for the whole run."""
+        return None
+
+    def objective(self, phase=None) -> CTCObjective:
         table = None
         if self.cfg["Global"]["cal_metric_during_train"]:
             table = canonical_ids(self.charset, build_metric(self.cfg.get("Metric")))
@@ -112,7 +119,7 @@ class RecTask:
         correct, dist, n = (float(v) for v in sums)
         return {"acc": correct / max(n, 1e-12), "norm_edit_dis": 1 - dist / max(n, 1e-12)}
 
-    def build_metric(self):
+    def build_metric(self, source=None):
         return build_metric(self.cfg.get("Metric"))
 
     def decode(self, predictions, host: dict | None = None) -> list[tuple[str, float]]:

@@ -320,14 +320,23 @@ def restore(path: str, state, sharding) -> tuple[object, dict]:
     return flax.serialization.from_state_dict(state, restored), meta
 
 
-def restore_weights(path: str, variables: dict, sharding) -> tuple[dict, dict]:
+def restore_weights(path: str, variables: dict, sharding,
+                    ema_decay: float = 0.9998) -> tuple[dict, dict]:
     """`variables` ({"params", "batch_stats"}) from a checkpoint, without reading its optimizer
-    state: for eval and inference under any `Optimizer` section."""
+    state: for eval and inference under any `Optimizer` section. A checkpoint of a run with an
+    EMA (PaddleDetection's use_ema) gives the EMA's weights, bias-corrected with `ema_decay`."""
+    from jaxocr.training.step import ema_weights
     directory, step = resolve(path)
-    wanted = {k: variables.get(k, {}) for k in _WEIGHTS}
-    restored, meta, _ = _read(directory, step, wanted, sharding, need=_WEIGHTS)
-    log.info("loaded weights from %s (global_step %s)", os.path.join(directory, str(step)),
-             meta.get("global_step"))
+    weights = {k: variables.get(k, {}) for k in _WEIGHTS}
+    wanted = {**weights, "ema": weights, "step": np.zeros((), np.int32)}
+    restored, meta, skipped = _read(directory, step, wanted, sharding, need=_WEIGHTS)
+    where = os.path.join(directory, str(step))
+    if "ema" not in skipped and "step" not in skipped and restored.get("ema"):
+        restored = ema_weights(restored["ema"], restored["step"], ema_decay)
+        log.info("loaded the EMA weights from %s (global_step %s)", where,
+                 meta.get("global_step"))
+    else:
+        log.info("loaded weights from %s (global_step %s)", where, meta.get("global_step"))
     return {k: restored.get(k, {}) for k in variables}, meta
 
 
@@ -346,9 +355,24 @@ def read_state(path: str) -> dict:
     return jax.device_get(state)
 
 
-def check_pretrained(source) -> None:
+PADDLE_WEIGHT_NAMES = {"best_model": "best_accuracy", "model_final": "latest"}
+
+
+def paddle_weights_path(weights: str | None) -> str | None:
+    """A PaddleDetection `weights` path as a jaxocr checkpoint: `RUN/best_model` (its best
+    eval) is RUN/best_accuracy, `RUN/model_final` RUN/latest; anything else as given."""
+    if not weights:
+        return None
+    head, name = os.path.split(os.path.normpath(str(weights)))
+    if not os.path.exists(weights) and name in PADDLE_WEIGHT_NAMES:
+        return os.path.join(head, PADDLE_WEIGHT_NAMES[name])
+    return str(weights)
+
+
+def check_pretrained(source, key: str = "Global.pretrained_model") -> None:
     """Raises CheckpointError, in one line saying how to train without it, for a
-    `pretrained_model` that is not a jaxocr checkpoint (absent, a URL, PaddlePaddle weights)."""
+    `pretrained_model` that is not a jaxocr checkpoint (absent, a URL, PaddlePaddle weights).
+    `key`: the config key the user set (a PaddleDetection config's `pretrain_weights`)."""
     source = str(source)
     paddle = source.endswith(".pdparams") or os.path.isfile(source + ".pdparams")
     if "://" in source or paddle or not os.path.isdir(source):
@@ -356,9 +380,9 @@ def check_pretrained(source) -> None:
                 "PaddlePaddle weights (.pdparams), which jaxocr does not read" if paddle else
                 "not found")
         raise CheckpointError(
-            f"Global.pretrained_model {source} is {what}; it must be a jaxocr checkpoint "
+            f"{key} {source} is {what}; it must be a jaxocr checkpoint "
             f"(a run directory, latest/ or best_accuracy/). To train from scratch: "
-            f"-o Global.pretrained_model=")
+            f"-o {key}=")
 
 
 def load_pretrained(source: str, variables: dict) -> dict:

@@ -21,13 +21,14 @@ from jaxocr.data.pipeline import Loader
 from jaxocr.config import ConfigError, config_hash
 from jaxocr.distributed import (Preemption, Progress, check_same_config,
                                 check_same_start, data_mesh, is_main, local_rows,
-                                sum_across_processes)
+                                other_processes, sum_across_processes)
 from jaxocr.models import build_model
 from jaxocr.tasks import build_task
 from jaxocr.training import checkpoint
 from jaxocr.training.optimizer import build_optimizer, with_schedule_step
 from jaxocr.training.step import (TrainState, batch_sharding, count_params, create_state,
-                                  init_variables, make_eval_step, make_train_step, replicated)
+                                  eval_view, init_variables, make_eval_step, make_train_step,
+                                  replicated)
 
 log = logging.getLogger("jaxocr")
 
@@ -70,7 +71,9 @@ class Components:
         self.repl = replicated(self.mesh)
         self.batch_sharding = batch_sharding(self.mesh)
         self.image_shape = self.task.input_shape()
-        self.objective = self.task.objective()
+        self.objective = self.task.objective()  # the first epoch's (see task.phase)
+        self.use_ema = bool(g.get("use_ema", False))
+        self.ema_decay = float(g.get("ema_decay", 0.9998))
 
     def loader(self, mode: str) -> Loader:
         return Loader(self.cfg, mode, self.task.charset, self.mesh,
@@ -86,12 +89,18 @@ class Components:
         variables = init_variables(self.model, image_shape, int(g["seed"]))
         tx, schedule = build_optimizer(self.cfg.get("Optimizer") or {}, self.cfg["Architecture"],
                                        variables["params"], steps_per_epoch, int(g["epoch_num"]))
-        return create_state(variables, tx, int(g["seed"])), tx, schedule
+        return create_state(variables, tx, int(g["seed"]), self.use_ema), tx, schedule
 
-    def train_step(self, tx, sync_grads: bool = True):
-        """The compiled data-parallel step for this config's model, objective and dtype."""
-        return make_train_step(self.model, tx, self.objective, self.mesh, self.dtype,
-                               sync_grads=sync_grads)
+    def train_step(self, tx, sync_grads: bool = True, phase=None):
+        """The compiled data-parallel step for this config's model, objective and dtype; a
+        task with training phases (PP-YOLOE's assigners) has one per `task.phase(epoch)`."""
+        objective = self.objective if phase is None else self.task.objective(phase)
+        return make_train_step(self.model, tx, objective, self.mesh, self.dtype,
+                               sync_grads=sync_grads, ema_decay=self.ema_decay)
+
+    def eval_view(self, state):
+        """The weights evaluation, `best` and inference use (the EMA's when kept)."""
+        return eval_view(state, self.ema_decay)
 
     def eval_step(self):
         return make_eval_step(self.model, self.mesh, self.objective, self.dtype)
@@ -99,14 +108,17 @@ class Components:
     def restore_for_inference(self, image_shape):
         """Params and BN stats from `Global.checkpoints`, replicated over the mesh; the
         optimizer section of the config plays no part."""
-        path = self.cfg["Global"].get("checkpoints") or self.cfg["Global"].get("pretrained_model")
+        g = self.cfg["Global"]
+        path = g.get("checkpoints") or checkpoint.paddle_weights_path(
+            g.get("infer_checkpoint")) or g.get("pretrained_model")
         if not path:
             raise ConfigError("set Global.checkpoints=DIR (a run directory, latest/ or "
-                              "best_accuracy/)")
+                              "best_accuracy/; `-o weights=DIR` for a PaddleDetection config)")
         variables = init_variables(self.model, image_shape, int(self.cfg["Global"]["seed"]))
         variables = {"params": variables["params"],
                      "batch_stats": variables.get("batch_stats", {})}
-        variables, meta = checkpoint.restore_weights(path, variables, self.repl)
+        variables, meta = checkpoint.restore_weights(path, variables, self.repl,
+                                                     self.ema_decay)
         state = TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
                            batch_stats=variables["batch_stats"], opt_state=(),
                            rng=jax.random.PRNGKey(0))
@@ -123,8 +135,9 @@ def compute_dtype(g: dict):
 
 
 def evaluate(comp: Components, state, eval_step, loader: Loader) -> dict:
-    """Exact over the whole eval set: every process its shard, padding masked, sums reduced."""
-    metric = comp.task.build_metric()
+    """Exact over the whole eval set: every process its shard, padding masked, the metric's
+    partial states of every process merged."""
+    metric = comp.task.build_metric(loader.source)
     t0 = time.perf_counter()
     n = 0.0
     for device, host in loader.batches(0, 0, comp.batch_sharding):
@@ -132,8 +145,9 @@ def evaluate(comp: Components, state, eval_step, loader: Loader) -> dict:
         comp.task.update_metric(metric, predictions, host)
         n += float(np.sum(host["mask"]))
     elapsed = time.perf_counter() - t0
-    totals = sum_across_processes(np.append(metric.sums, n))
-    metric.sums, n = totals[:-1], totals[-1]
+    for other in other_processes(metric.state()):
+        metric.merge(other)
+    n = float(sum_across_processes(np.array([n]))[0])
     result = {k: float(v) for k, v in metric.get_metric().items()}
     result["fps"] = float(n / max(elapsed, 1e-9))
     result["samples"] = int(round(n))
@@ -141,6 +155,8 @@ def evaluate(comp: Components, state, eval_step, loader: Loader) -> dict:
 
 
 def _eval_due(global_step: int, eval_batch_step) -> bool:
+    if eval_batch_step is None:
+        return False
     if isinstance(eval_batch_step, (list, tuple)):
         start, every = int(eval_batch_step[0]), int(eval_batch_step[1])
     else:
@@ -230,7 +246,8 @@ def train(cfg: dict, mesh=None) -> dict:
 
     check_same_config(config_hash(cfg))
     if g.get("pretrained_model"):  # before anything is built: a wrong path fails at once
-        checkpoint.check_pretrained(g["pretrained_model"])
+        checkpoint.check_pretrained(g["pretrained_model"],
+                                    g.get("pretrained_key") or "Global.pretrained_model")
 
     # ---- mesh, data, model, optimizer ----
     comp = Components(cfg, mesh)
@@ -279,8 +296,16 @@ def train(cfg: dict, mesh=None) -> dict:
     best = dict(meta.get("best_metric") or {})
     main_key = comp.task.main_indicator
 
-    train_step = comp.train_step(tx)
+    train_steps = {}  # one compiled step per training phase (task.phase(epoch))
+
+    def train_step_of(epoch):
+        phase = comp.task.phase(epoch)
+        if phase not in train_steps:
+            train_steps[phase] = comp.train_step(tx, phase=phase)
+        return train_steps[phase]
+
     eval_step = comp.eval_step()
+    eval_epochs = int(g.get("eval_epoch_step") or 0)
     ckpt = checkpoint.Checkpointer(save_dir)
     cadence = checkpoint.Cadence(g.get("save_every_steps") or 0,
                                  g.get("save_every_minutes") or 0.0, start_step=global_step)
@@ -310,7 +335,7 @@ def train(cfg: dict, mesh=None) -> dict:
     for device, host in stream or ():
         if int(np.ravel(host["epoch"])[0]) != epoch:  # a resumed position, under a batch left
             epoch, offset, left = int(np.ravel(host["epoch"])[0]), 0, steps_per_epoch
-        state, out = train_step(state, device)
+        state, out = train_step_of(epoch)(state, device)
         train_log.flush()  # the previous line's values, now that this step is queued
         train_log.add(out)
         global_step += 1
@@ -335,9 +360,11 @@ def train(cfg: dict, mesh=None) -> dict:
                 "eta": (total_steps - global_step) * batch_cost, "skipped": skipped})
             t_mark, wait_mark, steps_mark = now, stream.wait_s, 0
             ckpt.poll(state, snapshot())
-        if eval_loader is not None and _eval_due(global_step, g["eval_batch_step"]):
+        eval_now = _eval_due(global_step, g["eval_batch_step"]) or (
+            end_of_epoch and eval_epochs > 0 and (epoch + 1) % eval_epochs == 0)
+        if eval_loader is not None and eval_now:
             train_log.flush()
-            cur = evaluate(comp, state, eval_step, eval_loader)
+            cur = evaluate(comp, comp.eval_view(state), eval_step, eval_loader)
             log.info("cur metric, %s", _fmt(cur))
             if writer:
                 for k, v in cur.items():

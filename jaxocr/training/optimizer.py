@@ -20,15 +20,26 @@ from jaxocr.models.heads.ctc import CTCHead
 
 
 def build_schedule(lr_cfg, steps_per_epoch: int, epoch_num: int):
+    """PaddleOCR's schedules, stepped per iteration, after an optional linear warm-up over
+    `warmup_epoch` epochs (or `warmup_steps`) from `warmup_start_factor` x the rate (0, as
+    PaddleOCR; PaddleDetection's LinearWarmup sets its start_factor). Cosine runs over `T_max`
+    steps, the whole run by default, or, with `max_epochs` (PaddleDetection's CosineDecay), over
+    that many epochs less the warm-up."""
     if not isinstance(lr_cfg, dict):  # `lr: 0.001`
         lr_cfg = {"learning_rate": lr_cfg}
     name = lr_cfg.get("name", "Const")
     base = float(lr_cfg.get("learning_rate", 0.001))
     total = steps_per_epoch * epoch_num
+    if lr_cfg.get("warmup_steps") is not None:
+        warmup = int(lr_cfg["warmup_steps"])
+    else:
+        warmup = round(float(lr_cfg.get("warmup_epoch", 0)) * steps_per_epoch)
     if name == "Const":
         inner = optax.constant_schedule(base)
     elif name == "Cosine":
         t_max = lr_cfg.get("T_max") or total
+        if lr_cfg.get("max_epochs") is not None:
+            t_max = max(1, round(float(lr_cfg["max_epochs"]) * steps_per_epoch) - max(warmup, 0))
         eta_min = float(lr_cfg.get("eta_min", 0.0))
         inner = lambda t: eta_min + (base - eta_min) * 0.5 * (1 + jnp.cos(jnp.pi * t / t_max))
     elif name == "Piecewise":
@@ -47,10 +58,10 @@ def build_schedule(lr_cfg, steps_per_epoch: int, epoch_num: int):
     else:
         raise ValueError(f"Optimizer.lr.name: unknown schedule {name!r}; known: "
                          "Const, Cosine, Piecewise, Linear, Step")
-    warmup = round(float(lr_cfg.get("warmup_epoch", 0)) * steps_per_epoch)
     if warmup <= 0:
         return inner
-    ramp = optax.linear_schedule(0.0, base, warmup)
+    ramp = optax.linear_schedule(float(lr_cfg.get("warmup_start_factor", 0.0)) * base, base,
+                                 warmup)
     return optax.join_schedules([ramp, inner], [warmup])
 
 
@@ -70,10 +81,29 @@ def _in_head(path) -> bool:
     return bool(path) and _key(path[0]) == "head"
 
 
+def _norm_layers(params) -> set:
+    """Paths of the normalisation layers' parameter dicts (those holding a `scale`)."""
+    found = set()
+
+    def visit(node, path):
+        if isinstance(node, dict):
+            if "scale" in node and not isinstance(node["scale"], dict):
+                found.add(path)
+            for k, v in node.items():
+                visit(v, (*path, k))
+
+    visit(params, ())
+    return found
+
+
 def l2_factors(params, opt_cfg: dict, arch_cfg: dict):
-    """Per-parameter coupled-L2 factor, PaddleOCR's ParamAttr precedence."""
+    """Per-parameter coupled-L2 factor, PaddleOCR's ParamAttr precedence. `norm_factor`: the
+    factor of every BatchNorm / LayerNorm scale and bias (PaddleDetection's ConvBNLayers give
+    theirs L2Decay(0.0)); the regularizer's own factor when absent, as PaddleOCR."""
     reg = opt_cfg.get("regularizer") or {}
     base = float(reg.get("factor", 0.0)) if reg.get("name", "L2") in ("L2", "l2") else 0.0
+    norm = reg.get("norm_factor")
+    norms = _norm_layers(params) if norm is not None else set()
     head = arch_cfg.get("Head") or {}
     # CTCHead attaches L2Decay(fc_decay) to its weights whether or not the config names it, and
     # Paddle applies a parameter's own regularizer under every optimizer, AdamW included
@@ -82,6 +112,8 @@ def l2_factors(params, opt_cfg: dict, arch_cfg: dict):
     def factor(path, _):
         if head_decay is not None and _in_head(path):
             return float(head_decay)
+        if norms and tuple(_key(k) for k in path[:-1]) in norms:
+            return float(norm)
         return base
 
     return jax.tree_util.tree_map_with_path(factor, params)

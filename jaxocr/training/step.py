@@ -36,6 +36,35 @@ class TrainState:
     batch_stats: dict
     opt_state: optax.OptState
     rng: jax.Array
+    ema: dict | None = None  # PaddleDetection's ModelEMA: {"params", "batch_stats"} (see ema_*)
+
+
+EMA_WARMUP = 10  # ModelEMA 'threshold': decay = min(ema_decay, (1 + step) / (10 + step))
+
+
+def ema_decay_at(step, decay: float):
+    return jnp.minimum(decay, (1.0 + step) / (EMA_WARMUP + step))
+
+
+def ema_init(variables: dict) -> dict:
+    """ModelEMA's state: zeros of the weights and the BN statistics."""
+    return jax.tree.map(jnp.zeros_like, {"params": variables["params"],
+                                         "batch_stats": variables.get("batch_stats", {})})
+
+
+def ema_update(ema: dict, params, batch_stats, step, decay: float) -> dict:
+    """One ModelEMA.update after optimizer step `step` (0-based): v = d v + (1 - d) w."""
+    d = ema_decay_at(step.astype(jnp.float32), decay)
+    new = {"params": params, "batch_stats": batch_stats}
+    return jax.tree.map(lambda v, w: d * v + (1.0 - d) * w.astype(jnp.float32), ema, new)
+
+
+def ema_weights(ema: dict, steps, decay: float) -> dict:
+    """ModelEMA.apply after `steps` updates: v / (1 - d ** steps), d the last update's decay
+    (Paddle's bias correction); the weights themselves before any update."""
+    steps = jnp.asarray(steps, jnp.float32)
+    d = ema_decay_at(jnp.maximum(steps - 1.0, 0.0), decay)
+    return jax.tree.map(lambda v: v / (1.0 - d ** jnp.maximum(steps, 1.0)), ema)
 
 
 def init_variables(model, image_shape, seed: int) -> dict:
@@ -44,11 +73,20 @@ def init_variables(model, image_shape, seed: int) -> dict:
     return init(jax.random.PRNGKey(seed), jnp.zeros((1, *image_shape), jnp.float32))
 
 
-def create_state(variables: dict, tx, seed: int) -> TrainState:
+def create_state(variables: dict, tx, seed: int, use_ema: bool = False) -> TrainState:
     params = variables["params"]
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       batch_stats=variables.get("batch_stats", {}),
-                      opt_state=tx.init(params), rng=jax.random.PRNGKey(seed + 1))
+                      opt_state=tx.init(params), rng=jax.random.PRNGKey(seed + 1),
+                      ema=ema_init(variables) if use_ema else None)
+
+
+def eval_view(state: TrainState, ema_decay: float) -> TrainState:
+    """The state eval, `best` and inference use: the EMA weights when the run keeps them."""
+    if state.ema is None:
+        return state
+    w = ema_weights(state.ema, state.step, ema_decay)
+    return state.replace(params=w["params"], batch_stats=w["batch_stats"])
 
 
 def count_params(params) -> int:
@@ -61,15 +99,18 @@ def pmean_flat(tree, axis_name=AXIS):
     return unravel(jax.lax.pmean(flat, axis_name))
 
 
-def make_train_step(model, tx, objective, mesh, dtype=jnp.float32, sync_grads: bool = True):
+def make_train_step(model, tx, objective, mesh, dtype=jnp.float32, sync_grads: bool = True,
+                    ema_decay: float = 0.9998):
     """Returns step(state, batch) -> (state, out).
 
     `objective` is the task's part of the step (tasks/rec.py's CTCObjective, tasks/det.py's
     DBObjective): `inputs(batch, dtype)` the model's input, and
     `loss(outputs, batch, mask) -> (loss, share, metric)`: this device's loss, its `share`
     of the real rows (the gradients are divided by the mean share over devices, which
-    travels in the same all-reduce) and a fixed-size vector for the log (metric sums or
-    loss parts), or None. out["loss"] is the loss averaged over the global batch and
+    travels in the same all-reduce; the *summed* share is floored at the objective's
+    `share_floor`: PP-YOLOE's assigned-scores sum, clipped at 1) and a fixed-size vector for
+    the log (metric sums or loss parts), or None. A state with `ema` updates it after the
+    optimizer step (PaddleDetection's ModelEMA, `ema_decay`). out["loss"] is the loss averaged over the global batch and
     out["metric"] the metric vector averaged over devices (zeros(1) without one).
 
     Rows with `mask` 0 (padding of a last partial batch) add nothing. A recogniser's loss is
@@ -82,6 +123,8 @@ def make_train_step(model, tx, objective, mesh, dtype=jnp.float32, sync_grads: b
     apart but still run in lockstep. The scaling benchmark uses it to separate the cost of
     running in step from the cost of moving the gradients.
     """
+
+    share_floor = float(objective.share_floor) / mesh.size  # on the mean over devices
 
     def per_device(state: TrainState, batch):
         images = objective.inputs(batch, dtype)
@@ -106,12 +149,15 @@ def make_train_step(model, tx, objective, mesh, dtype=jnp.float32, sync_grads: b
         else:  # a scalar that needs every gradient, so the wait sits where the all-reduce would
             ready = sum(g.reshape(-1)[0] for g in jax.tree.leaves(grads))
             loss = jax.lax.pmean(jnp.stack([loss, ready]), AXIS)[0]
-        share = jnp.maximum(share, 1e-12)
+        share = jnp.maximum(share, share_floor)
         grads = jax.tree.map(lambda g: g / share, grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        ema = state.ema
+        if ema is not None:
+            ema = ema_update(ema, params, batch_stats, state.step, ema_decay)
         new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                                  opt_state=opt_state)
+                                  opt_state=opt_state, ema=ema)
         return new_state, {"loss": loss / share, "metric": metric}
 
     sharded = shard_map(per_device, mesh, in_specs=(P(), P(AXIS)),
