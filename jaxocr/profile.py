@@ -23,7 +23,7 @@ PARTS = (  # first match wins; (substring of op_name, part)
     ("/conv2/", "backbone: 1x1 convs"),
     ("mid_se", "backbone: squeeze-excite"),
     ("/backbone/", "backbone: other"),
-    ("/neck/", "neck (BiLSTM)"),
+    ("/neck/", "neck"),
     ("/head/", "head"),
 )
 

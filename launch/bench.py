@@ -45,7 +45,8 @@ def train_speed(cfg, steps: int, warmup: int, sync_grads: bool = True,
     from jaxocr.training.loop import Components
     comp = Components(cfg)
     loader = comp.loader("Train")
-    state, tx, _ = comp.build_state(loader.load(0, 0)["image"].shape, loader.steps_per_epoch)
+    state, tx, _ = comp.build_state(comp.image_shape or loader.load(0, 0)["image"].shape,
+                                    loader.steps_per_epoch)
     grad_bytes = all_reduce_bytes(state.params, state.batch_stats)
     state = jax.device_put(state, comp.repl)
     step = comp.train_step(tx, sync_grads)
