@@ -147,9 +147,16 @@ def runs(tmp_path_factory):
 
 
 def test_training_phases_and_the_ema_resume_exactly(runs):
-    _, _, straight, resumed = runs
+    import re
+    tmp, _, straight, resumed = runs
     assert straight["global_step"] == resumed["global_step"] == 8
     assert np.isfinite(straight["train"]["loss"])
+    log = (tmp / "a" / "quickstart_ppyoloe_s" / "train.log").read_text()
+    # PaddleDetection's LogPrinter line (epochs from 0, the step in the epoch)
+    assert re.search(r"Epoch: \[1\] \[3/4\] learning_rate: [0-9.]+ loss: [0-9.]+ loss_cls: "
+                     r"[0-9.]+ loss_iou: [0-9.]+ loss_dfl: [0-9.]+ loss_l1: [0-9.]+ eta: "
+                     r"0:00:00 batch_cost: [0-9.]+ data_cost: [0-9.]+ ips: [0-9.]+ images/s",
+                     log), log[-2000:]
     for x, y in zip(jax.tree.leaves(straight["state"].ema), jax.tree.leaves(resumed["state"].ema)):
         np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=1e-5, atol=1e-7)
 

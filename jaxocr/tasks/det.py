@@ -134,6 +134,7 @@ class DBObjective:
 
 class DetTask:
     name = "det"
+    log_style = "paddleocr"  # the train log line: PaddleOCR's
     infer_batch_size = 1
     charset = None
     device_keys = {"Train": ("image", *MAPS, "mask"), "Eval": ("image", "valid_shape")}

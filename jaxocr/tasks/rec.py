@@ -70,6 +70,7 @@ class CTCObjective:
 
 class RecTask:
     name = "rec"
+    log_style = "paddleocr"  # the train log line: PaddleOCR's
     infer_batch_size = 16
     ragged_keys = ()
     device_keys = {"Train": ("image", "valid_width", "label", "length", "mask"),

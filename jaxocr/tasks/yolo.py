@@ -110,6 +110,7 @@ class YOLOObjective:
 
 class YOLOTask:
     name = "yolo"
+    log_style = "ppdet"  # the train log line: PaddleDetection's
     infer_batch_size = 1
     charset = None
     device_keys = {"Train": ("image", *GT_KEYS, "mask"), "Eval": ("image", "scale_factor")}

@@ -176,11 +176,12 @@ class TrainLog:
     TrainingStats (its acc too: each step's batch accuracy, smoothed)."""
 
     def __init__(self, g: dict, per_card: int, global_batch: int, epoch_num: int, writer,
-                 summarize=None):
+                 summarize=None, style: str = "paddleocr"):
         self.windows = collections.defaultdict(
             lambda: collections.deque(maxlen=int(g["log_smooth_window"])))
         self.per_card, self.global_batch, self.epoch_num = per_card, global_batch, epoch_num
         self.summarize = summarize  # the step's metric vector -> the line's values
+        self.style = style          # "paddleocr" or "ppdet" (PaddleDetection's LogPrinter)
         self.writer = writer
         self.pending: list = []   # device outputs of the steps since the last line
         self.ready = None         # a line's outputs in flight to the host, with its context
@@ -209,11 +210,19 @@ class TrainLog:
         last = {"lr": c["lr"]}
         last.update({k: float(np.median(w)) for k, w in self.windows.items()})
         self.last = last
-        line = (f"epoch: [{c['epoch'] + 1}/{self.epoch_num}], global_step: {c['step']}, "
-                f"{_fmt(last)}, avg_reader_cost: {c['reader_cost']:.5f} s, "
-                f"avg_batch_cost: {c['batch_cost']:.5f} s, avg_samples: {self.per_card}, "
-                f"ips: {self.per_card / c['batch_cost']:.5f} samples/s, "
-                f"eta: {datetime.timedelta(seconds=int(c['eta']))}")
+        eta = datetime.timedelta(seconds=int(c["eta"]))
+        if self.style == "ppdet":
+            width = len(str(c["steps_per_epoch"]))
+            meters = " ".join(f"{k}: {v:.6f}" for k, v in last.items() if k != "lr")
+            line = (f"Epoch: [{c['epoch']}] [{c['epoch_step']:{width}d}/{c['steps_per_epoch']}] "
+                    f"learning_rate: {c['lr']:.6f} {meters} eta: {eta} "
+                    f"batch_cost: {c['batch_cost']:.4f} data_cost: {c['reader_cost']:.4f} "
+                    f"ips: {self.per_card / c['batch_cost']:.4f} images/s")
+        else:
+            line = (f"epoch: [{c['epoch'] + 1}/{self.epoch_num}], global_step: {c['step']}, "
+                    f"{_fmt(last)}, avg_reader_cost: {c['reader_cost']:.5f} s, "
+                    f"avg_batch_cost: {c['batch_cost']:.5f} s, avg_samples: {self.per_card}, "
+                    f"ips: {self.per_card / c['batch_cost']:.5f} samples/s, eta: {eta}")
         if c["skipped"]:
             line += f", skipped_images: {c['skipped']}"
         log.info(line)
@@ -314,7 +323,8 @@ def train(cfg: dict, mesh=None) -> dict:
     writer = _tensorboard(save_dir) if is_main() and g["use_tensorboard"] else None
     per_card = int(cfg["Train"]["loader"]["batch_size_per_card"])
     train_log = TrainLog(g, per_card, train_loader.global_batch, epoch_num, writer,
-                         comp.task.summarize if comp.objective.has_metric else None)
+                         comp.task.summarize if comp.objective.has_metric else None,
+                         comp.task.log_style)
 
     def snapshot():
         return {"global_step": global_step, "best_metric": best, "data_epoch": data_epoch,
@@ -356,6 +366,7 @@ def train(cfg: dict, mesh=None) -> dict:
             batch_cost = (now - t_mark) / steps_mark
             train_log.start_line({
                 "epoch": epoch, "step": global_step, "lr": float(schedule(global_step - 1)),
+                "epoch_step": steps_per_epoch - left - 1, "steps_per_epoch": steps_per_epoch,
                 "batch_cost": batch_cost, "reader_cost": (stream.wait_s - wait_mark) / steps_mark,
                 "eta": (total_steps - global_step) * batch_cost, "skipped": skipped})
             t_mark, wait_mark, steps_mark = now, stream.wait_s, 0
