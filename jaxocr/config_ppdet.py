@@ -270,19 +270,29 @@ def _optimizer(cfg: dict) -> dict:
                                         "start_factor", "gamma", "milestones"}))
     builder = dict(cfg.get("OptimizerBuilder") or {})
     opt = dict(builder.pop("optimizer", None) or {"type": "Momentum", "momentum": 0.9})
+    opt = {k: v for k, v in opt.items() if v is not None}  # `key: ~` clears a base's key
     kind = opt.pop("type", "Momentum")
-    if kind not in ("Momentum", "SGD"):
-        raise ConfigError(f"OptimizerBuilder.optimizer.type: {kind!r} is not supported for "
-                          f"PP-YOLOE; known: Momentum, SGD")
+    if kind not in ("Momentum", "SGD", "Adam", "AdamW"):
+        raise ConfigError(f"OptimizerBuilder.optimizer.type: {kind!r} is not supported; "
+                          f"known: Momentum, SGD, Adam, AdamW")
     out = {"name": kind, "lr": out_lr}
     if kind == "Momentum":
         out["momentum"] = float(opt.pop("momentum", 0.9))
+    for ppdet_key, key in (("beta1", "beta1"), ("beta2", "beta2"), ("epsilon", "epsilon")):
+        if ppdet_key in opt and kind in ("Adam", "AdamW"):
+            out[key] = float(opt.pop(ppdet_key))
+    if kind == "AdamW":  # decoupled decay; ppdet's builder gives AdamW no regularizer
+        out["weight_decay"] = float(opt.pop("weight_decay", 0.01))
     opt.pop("use_nesterov", None)
     if opt:
-        raise ConfigError(_unknown(f"OptimizerBuilder.optimizer.{sorted(opt)[0]}",
-                                   {"type", "momentum"}))
+        raise ConfigError(f"OptimizerBuilder.optimizer.{sorted(opt)[0]}: not an option of "
+                          f"{kind} here (Momentum: momentum; Adam: beta1, beta2, epsilon; "
+                          f"AdamW: those and weight_decay; `{sorted(opt)[0]}: ~` clears a "
+                          f"base file's value)")
     reg = builder.pop("regularizer", None)
-    if reg:
+    if kind == "AdamW":
+        reg = None
+    if reg and reg != "None":
         reg = dict(reg)
         out["regularizer"] = {"name": reg.get("type", "L2"), "factor": float(reg["factor"]),
                               # ppdet's ConvBNLayers give BatchNorm L2Decay(0.0) of its own

@@ -113,3 +113,14 @@ def test_paddles_pretrained_backbone_fails_in_one_line_naming_pretrain_weights(t
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("jaxocr: error: pretrain_weights https://paddledet") and \
         last.endswith("To train from scratch: -o pretrain_weights="), last
+
+
+def test_optimizer_builder_maps_momentum_l2_and_adamw():
+    from jaxocr.config import load_config
+    s = load_config(PPYOLOE_S, ["pretrain_weights="])["Optimizer"]
+    assert s["name"] == "Momentum" and s["momentum"] == 0.9
+    assert s["regularizer"] == {"name": "L2", "factor": 0.0005, "norm_factor": 0.0}
+    q = load_config("configs/ppyoloe/quickstart_ppyoloe_s.yml")["Optimizer"]
+    assert q["name"] == "AdamW" and q["weight_decay"] == 0.0001 and "regularizer" not in q
+    with pytest.raises(ConfigError, match="optimizer.momentum: not an option of AdamW"):
+        load_config(PPYOLOE_S, ["OptimizerBuilder.optimizer.type=AdamW"])
