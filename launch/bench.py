@@ -236,7 +236,7 @@ def converge(cfg) -> dict:
     train_s = time.perf_counter() - t0
     comp = Components(cfg)
     loader = comp.eval_loader()
-    metrics = evaluate(comp, result["state"], comp.eval_step(), loader)
+    metrics = evaluate(comp, comp.eval_view(result["state"]), comp.eval_step(), loader)
     return {"train_s": round(train_s, 1), "steps": result["global_step"],
             "images": result["global_step"] * cfg["Train"]["loader"]["batch_size_per_card"]
             * comp.mesh.size,
