@@ -31,6 +31,7 @@ import numpy as np
 
 from jaxocr.config import ConfigError
 from jaxocr.data.device_norm import normalize_det_images
+from jaxocr.data.transforms import op_options
 from jaxocr.data.transforms.ppdet_batch_operators import build_batch_transforms
 from jaxocr.data.transforms.ppdet_operators import NormalizeImage, build_sample_transforms
 from jaxocr.losses.ppyoloe import LOSS_WEIGHT, ppyoloe_loss
@@ -46,13 +47,6 @@ PALETTE = np.array([(0, 255, 0), (255, 128, 0), (0, 128, 255), (255, 0, 255), (0
                     (128, 0, 255), (255, 255, 0), (0, 0, 255)])
 NMS_DEFAULTS = {"score_threshold": 0.01, "nms_top_k": 1000, "keep_top_k": 300,
                 "nms_threshold": 0.7}
-
-
-def _op_options(ops, name):
-    for entry in ops or []:
-        if isinstance(entry, dict) and name in entry:
-            return dict(entry[name] or {})
-    return None
 
 
 class YOLOObjective:
@@ -128,14 +122,14 @@ class YOLOTask:
         for mode in ("Train", "Eval"):
             ds = cfg[mode]["dataset"]
             for ops in (ds.get("batch_transforms"), ds.get("transforms")):
-                norm = norm or _op_options(ops, "NormalizeImage")
+                norm = norm or op_options(ops, "NormalizeImage")
         self.norm = NormalizeImage(**(norm or {}))
         self._classes = None
 
     def input_shape(self) -> tuple[int, int, int] | None:
         """(H, W, C) the state is initialised with: the eval size (the model takes any
         multiple of 32)."""
-        resize = _op_options(self.cfg["Eval"]["dataset"].get("transforms"), "Resize")
+        resize = op_options(self.cfg["Eval"]["dataset"].get("transforms"), "Resize")
         size = (resize or {}).get("target_size", 640)
         h, w = (size, size) if np.isscalar(size) else size
         return int(h), int(w), 3

@@ -37,7 +37,7 @@ import numpy as np
 from jaxocr.data.charset import CharacterDict
 from jaxocr.data.transforms.common import (INTERNAL_KEYS, LABEL_KEYS, BadSample, DecodeImage,
                                            KeepKeys, NormalizeImage, ToCHWImage, _check_options,
-                                           _is_label_key, normalize)
+                                           _is_label_key, normalize, op_entries)
 from jaxocr.data.transforms.common import _LOGGED  # noqa: F401 (tests clear the log-once set)
 from jaxocr.data.transforms.det_aug import IaaAugment
 from jaxocr.data.transforms.det_crop import EastRandomCropData, crop_area
@@ -160,16 +160,9 @@ def build_transforms(ops_cfg: list | None, charset: CharacterDict, global_cfg: d
     """
     g = global_cfg or {}
     ops = []
-    for entry in ops_cfg or []:
-        if isinstance(entry, str):
-            entry = {entry: None}
-        if not isinstance(entry, dict) or len(entry) != 1:
-            raise ValueError(f"transforms: each entry must be {{OpName: {{options}}}}, "
-                             f"got {entry!r}")
-        (name, kwargs), = entry.items()
+    for name, kwargs in op_entries(ops_cfg):
         if name not in OPS:
             raise ValueError(f"unknown transform op {name!r}; known: {sorted(OPS)}")
-        kwargs = dict(kwargs or {})
         if infer and name.endswith("LabelEncode"):
             continue
         if infer and name == "KeepKeys":

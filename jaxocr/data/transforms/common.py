@@ -47,6 +47,48 @@ def _log_once(msg: str, *args):
         logging.getLogger("jaxocr").info(msg, *args)
 
 
+def op_entries(ops_cfg):
+    """(name, options dict) of each entry of a `transforms:` list (`- Op: {...}` or `- Op`)."""
+    for entry in ops_cfg or []:
+        if isinstance(entry, str):
+            entry = {entry: None}
+        if not isinstance(entry, dict) or len(entry) != 1:
+            raise ValueError(f"transforms: each entry must be {{OpName: {{options}}}}, "
+                             f"got {entry!r}")
+        (name, kwargs), = entry.items()
+        yield name, dict(kwargs or {})
+
+
+def decode_image(data: dict, flags: int = cv2.IMREAD_COLOR) -> np.ndarray:
+    """The sample's image as uint8 HxWx3 BGR: `image_bytes` (or bytes in `image`) decoded, or
+    an `image` array (grey / BGRA made BGR); BadSample, naming `img_path`, for anything else."""
+    where = f" ({data['img_path']})" if "img_path" in data else ""
+    raw = data.pop("image_bytes", None)
+    if raw is None and isinstance(data.get("image"), (bytes, bytearray, memoryview)):
+        raw = data["image"]
+    if raw is not None:
+        if len(raw) == 0:
+            raise BadSample(f"empty image file{where}")
+        img = cv2.imdecode(np.frombuffer(raw, dtype=np.uint8), flags)
+        if img is None:
+            raise BadSample(f"image could not be decoded ({len(raw)} bytes){where}")
+    else:
+        img = data.get("image")
+        if not isinstance(img, np.ndarray):
+            raise BadSample(f"sample has no image{where}")
+        if img.ndim == 2:
+            img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+        elif img.ndim != 3 or img.shape[2] not in (3, 4):
+            raise BadSample(f"image has shape {img.shape}, expected HxWx3{where}")
+        elif img.shape[2] == 4:
+            img = cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
+        if img.dtype != np.uint8:
+            raise BadSample(f"image dtype {img.dtype}, expected uint8{where}")
+    if img.shape[0] == 0 or img.shape[1] == 0:
+        raise BadSample(f"image is empty ({img.shape}){where}")
+    return img
+
+
 class DecodeImage:
     """`image_bytes` (or PaddleOCR-style bytes in `image`) -> uint8 HWC image; an `image` array
     passes through (converted to `img_mode`)."""
@@ -60,30 +102,7 @@ class DecodeImage:
         self.flags = cv2.IMREAD_COLOR | (cv2.IMREAD_IGNORE_ORIENTATION if ignore_orientation else 0)
 
     def __call__(self, data: dict, rng=None) -> dict:
-        where = f" ({data['img_path']})" if "img_path" in data else ""
-        raw = data.pop("image_bytes", None)
-        if raw is None and isinstance(data.get("image"), (bytes, bytearray, memoryview)):
-            raw = data["image"]
-        if raw is not None:
-            if len(raw) == 0:
-                raise BadSample(f"empty image file{where}")
-            img = cv2.imdecode(np.frombuffer(raw, dtype=np.uint8), self.flags)
-            if img is None:
-                raise BadSample(f"image could not be decoded ({len(raw)} bytes){where}")
-        else:
-            img = data.get("image")
-            if not isinstance(img, np.ndarray):
-                raise BadSample(f"sample has no image{where}")
-            if img.ndim == 2:
-                img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
-            elif img.ndim != 3 or img.shape[2] not in (3, 4):
-                raise BadSample(f"image has shape {img.shape}, expected HxWx3{where}")
-            elif img.shape[2] == 4:
-                img = cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
-            if img.dtype != np.uint8:
-                raise BadSample(f"image dtype {img.dtype}, expected uint8{where}")
-        if img.shape[0] == 0 or img.shape[1] == 0:
-            raise BadSample(f"image is empty ({img.shape}){where}")
+        img = decode_image(data, self.flags)
         if self.img_mode == "RGB":
             img = img[:, :, ::-1]
         elif self.img_mode == "GRAY":

@@ -8,9 +8,9 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from jaxocr.data.transforms.common import _log_once
+from jaxocr.data.transforms.common import _log_once, op_entries
 from jaxocr.data.transforms.ppdet_operators import (INTERPS, SAMPLE_OPS, _boxes, _build,
-                                                     _entries, _target_hw, resize_sample)
+                                                     _target_hw, resize_sample)
 
 BATCH_RESIZE_STREAM = 0x5EED_B47C  # separates BatchRandomResize's draws from other streams
 
@@ -165,7 +165,7 @@ def build_batch_transforms(ops_cfg: list | None) -> BatchCompose:
     """A Paddle `batch_transforms` list -> BatchCompose (fn(samples, step, seed)); sample ops
     that draw nothing (Resize, NormalizeImage, Permute) may stand in it."""
     ops = []
-    for name, kwargs in _entries(ops_cfg):
+    for name, kwargs in op_entries(ops_cfg):
         if name in BATCH_OPS:
             ops.append(_build(name, kwargs, BATCH_OPS))
         elif name in SAMPLE_OPS:

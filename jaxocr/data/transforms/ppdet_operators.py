@@ -51,7 +51,8 @@ import cv2
 import numpy as np
 from PIL import Image, ImageEnhance
 
-from jaxocr.data.transforms.common import BadSample, _check_options, _image
+from jaxocr.data.transforms.common import (BadSample, _check_options, _image, decode_image,
+                                           op_entries)
 
 log = logging.getLogger("jaxocr")
 
@@ -84,30 +85,7 @@ class Decode:
         self.rtn_im_file = bool(rtn_im_file)
 
     def __call__(self, sample: dict, rng=None) -> dict:
-        where = f" ({sample['img_path']})" if "img_path" in sample else ""
-        raw = sample.pop("image_bytes", None)
-        if raw is None and isinstance(sample.get("image"), (bytes, bytearray, memoryview)):
-            raw = sample["image"]
-        if raw is not None:
-            if len(raw) == 0:
-                raise BadSample(f"empty image file{where}")
-            img = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR)
-            if img is None:
-                raise BadSample(f"image could not be decoded ({len(raw)} bytes){where}")
-        else:
-            img = sample.get("image")
-            if not isinstance(img, np.ndarray):
-                raise BadSample(f"sample has no image{where}")
-            if img.ndim == 2:
-                img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
-            elif img.ndim != 3 or img.shape[2] not in (3, 4):
-                raise BadSample(f"image has shape {img.shape}, expected HxWx3{where}")
-            elif img.shape[2] == 4:
-                img = cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
-            if img.dtype != np.uint8:
-                raise BadSample(f"image dtype {img.dtype}, expected uint8{where}")
-        if img.shape[0] == 0 or img.shape[1] == 0:
-            raise BadSample(f"image is empty ({img.shape}){where}")
+        img = decode_image(sample)
         img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
         _set_shape(sample, img)
         sample["h"], sample["w"] = img.shape[0], img.shape[1]
@@ -508,17 +486,6 @@ SAMPLE_OPS: dict[str, tuple[Callable, set[str]]] = {
     "Permute": (lambda kw: Permute(), set()),
 }
 
-def _entries(ops_cfg):
-    for entry in ops_cfg or []:
-        if isinstance(entry, str):
-            entry = {entry: None}
-        if not isinstance(entry, dict) or len(entry) != 1:
-            raise ValueError(f"transforms: each entry must be {{OpName: {{options}}}}, "
-                             f"got {entry!r}")
-        (name, kwargs), = entry.items()
-        yield name, dict(kwargs or {})
-
-
 def _build(name, kwargs, registry):
     factory, known = registry[name]
     _check_options(name, kwargs, known)
@@ -532,7 +499,7 @@ def build_sample_transforms(ops_cfg: list | None):
     """A Paddle `sample_transforms` list -> the package's Compose (fn(sample, rng))."""
     from jaxocr.data.transforms import Compose
     ops = []
-    for name, kwargs in _entries(ops_cfg):
+    for name, kwargs in op_entries(ops_cfg):
         if name not in SAMPLE_OPS:
             raise ValueError(f"unknown sample transform {name!r}; known: {sorted(SAMPLE_OPS)}")
         ops.append(_build(name, kwargs, SAMPLE_OPS))
