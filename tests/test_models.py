@@ -80,8 +80,9 @@ def test_mobilenet_v3_small_rec_strides():
 @pytest.mark.parametrize(
     "k,stride,depthwise",
     [(3, 1, True), (3, 2, True), (3, (2, 1), True), (5, 1, True), (5, 2, True),
-     (5, (2, 1), True), (1, 1, False), (1, 2, False), (3, 1, False), (2, 1, False)])
-# dense stride-1 k x k convs: their kernel gradient is computed by taps (layers.dense_conv_fast)
+     (5, (2, 1), True), (1, 1, False), (1, 2, False), (3, 1, False), (2, 1, False),
+     (3, 2, False), (3, (2, 1), False)])
+# dense k x k convs: their kernel gradient is computed by taps (layers.dense_conv_fast)
 def test_fast_conv_matches_xla(k, stride, depthwise):
     cin, cout = (6, 6) if depthwise else (5, 7) if k % 2 else (7, 5)  # dense: both slicings
     groups = cin if depthwise else 1

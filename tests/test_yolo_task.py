@@ -1,6 +1,8 @@
 """PP-YOLOE through the task-generic core: PaddleDetection's config to the run, the step's one
 all-reduce, the loss normalisation on any device count, the assigner phases, the EMA, the
 multi-scale sizes, and the exact sharded COCO evaluation."""
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,6 +14,7 @@ from test_data_parallel import all_reduces
 from jaxocr.config import load_config
 from jaxocr.distributed import data_mesh
 from jaxocr.profile import all_reduce_counts
+from jaxocr.training.compile_ahead import shape_key
 from jaxocr.training.loop import Components, evaluate, train
 from jaxocr.training.optimizer import build_schedule
 from jaxocr.training.step import (batch_sharding, count_params, create_state, ema_weights,
@@ -147,7 +150,6 @@ def runs(tmp_path_factory):
 
 
 def test_training_phases_and_the_ema_resume_exactly(runs):
-    import re
     tmp, _, straight, resumed = runs
     assert straight["global_step"] == resumed["global_step"] == 8
     assert np.isfinite(straight["train"]["loss"])
@@ -209,6 +211,35 @@ def test_infer_draws_named_boxes_and_writes_coco_results(runs, tmp_path):
         assert np.any(drawn != source) == bool(found)  # the boxes drawn, none where none
 
 
+def test_eval_script_reads_paddledetections_weights_key(runs, tmp_path):
+    """`launch/eval.py -c PPDET_CFG -o weights=RUN/model_final` (PaddleDetection's
+    tools/eval.py form) evaluates the EMA weights: the same COCO stats as in-process."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    tmp, _, straight, _ = runs
+    cfg = load_config(QUICKSTART_YOLO, yolo_overrides(tmp / "a"))
+    comp = Components(cfg, data_mesh(jax.devices()[:1]))
+    loader = comp.eval_loader()
+    want = evaluate(comp, jax.device_put(comp.eval_view(straight["state"]), comp.repl),
+                    comp.eval_step(), loader)
+    loader.close()
+    r = subprocess.run(
+        [sys.executable, "launch/eval.py", "-c", QUICKSTART_YOLO, "--cpu_devices", "2", "-o",
+         *yolo_overrides(tmp / "a"), "weights=" + str(tmp / "a" / "quickstart_ppyoloe_s" /
+                                                        "model_final"),
+         "--json", str(tmp_path / "m.json")], cwd=ROOT, capture_output=True, text=True,
+        timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = json.loads((tmp_path / "m.json").read_text())
+    assert got["global_step"] == 8 and got["samples"] == 6
+    assert re.search(r"^AP: [0-9.]+$", r.stdout, re.M), r.stdout
+    for k in ("AP", "AP50", "AP75", "APs", "AR1", "AR100"):
+        assert got[k] == pytest.approx(want[k], abs=1e-9), (k, got, want)
+
+
 def test_multi_scale_size_follows_the_data_position(tiny):
     """Every batch's input size is drawn from (seed, epoch, first sample): the same in any
     process and after a resume mid-epoch, and from the config's list only."""
@@ -217,9 +248,16 @@ def test_multi_scale_size_follows_the_data_position(tiny):
         "TrainDataset.num_samples=24"])
     comp = Components(cfg, data_mesh(jax.devices()[:1]))
     loader = comp.loader("Train")
-    sizes = [b["image"].shape[1:3] for b in loader.host_batches(1)]
+    batches = list(loader.host_batches(1))
+    sizes = [b["image"].shape[1:3] for b in batches]
     later = [b["image"].shape[1:3] for b in loader.host_batches(1, start_sample=8)]
+    # the shapes compiled ahead: one per size of the list, each batch's among them
+    specs = loader.batch_specs(comp.batch_sharding)
     loader.close()
     assert len(sizes) == 12 and later == sizes[4:]
     assert {s[0] for s in sizes} <= {64, 96, 128} and len({s[0] for s in sizes}) > 1
     assert all(h == w for h, w in sizes)
+    assert [s["image"].shape for s in specs] == [(2, n, n, 3) for n in (64, 96, 128)]
+    keys = {shape_key(s) for s in specs}
+    assert len(keys) == 3 and all(
+        shape_key({k: b[k] for k in specs[0]}) in keys for b in batches)

@@ -158,6 +158,18 @@ class SampleMaker:
         rows = [self.load(i, epoch) for i in indices]
         if self.batch_transform is not None and rows:
             rows = self.batch_transform(rows, (int(epoch), int(position)), self.seed)
+        return self._stack(rows)
+
+    def each_shape(self, indices: np.ndarray) -> list[dict]:
+        """Batches of the rows `indices` (epoch 0) in every shape the batch transform makes
+        (one per multi-scale size): what a train step is compiled for ahead of use."""
+        rows = [self.load(i, 0) for i in indices]
+        if self.batch_transform is None or not hasattr(self.batch_transform, "each_size"):
+            return [self.batch(indices, 0)]
+        return [self._stack(r) for r in self.batch_transform.each_size(rows)]
+
+    def _stack(self, rows: list) -> dict:
+        if self.batch_transform is not None and rows:
             # keys some rows lack (a flip's `flipped` mark) are left out
             keys = [k for k in rows[0] if all(k in r for r in rows[1:])]
         else:
@@ -347,6 +359,15 @@ class Loader:
     def load(self, index: int, epoch: int) -> dict:
         """One transformed sample (a seeded substitute or a masked row if unreadable)."""
         return self.maker.load(index, epoch)
+
+    def batch_specs(self, sharding) -> list[dict]:
+        """The global device batch (`jax.ShapeDtypeStruct` per device key, on `sharding`) of
+        every shape this loader's batches take: one, or one per multi-scale size."""
+        rows = self.local_indices(0)[:self.local_batch]
+        return [{k: jax.ShapeDtypeStruct((self.global_batch,) + np.shape(v)[1:],
+                                         np.asarray(v).dtype, sharding=sharding)
+                 for k, v in batch.items() if k in self.device_keys}
+                for batch in self.maker.each_shape(rows)]
 
     def _iterate(self, plan: BatchPlan):
         """A started grain iterator of host batches over `plan`."""

@@ -7,8 +7,9 @@ slowly -- measured on this machine one 5x5 depthwise layer took ~1 s forward+bac
 * a depthwise k x k conv as the sum of k*k (strided) shifted slices of the padded input times
   per-channel weights (~3x faster end to end for MobileNetV3), and
 * a 1x1 conv as one 2-D matmul ``(B*H*W, Cin) @ (Cin, Cout)`` (another +25-35 %), and
-* the kernel gradient of a stride-1 dense k x k conv (DB's FPN and head) as k*k matmuls of
-  shifted input slices with the output gradient (XLA's own ran at ~1/5 of its matmul rate).
+* the kernel gradient of a dense k x k conv (DB's FPN and head, PP-YOLOE's stride-2 convs) as
+  k*k matmuls of shifted input slices with the output gradient (XLA's own ran at 1/5 to 1/2 of
+  its matmul rate).
 
 Elsewhere (GPU/TPU) ``lax.conv_general_dilated`` is used, which maps to cuDNN.  Parameters are
 the same in every implementation (``kernel`` of shape (kh, kw, Cin/groups, Cout) exactly like
@@ -152,16 +153,19 @@ def depthwise_conv_fast(x: Array, kernel: Array, strides: tuple[int, int],
     return out
 
 
-def _dense_kernel_grad(x: Array, g: Array, kh: int, kw: int, padding: tuple[int, int]) -> Array:
-    """dL/dkernel of a stride-1 dense conv as kh*kw well-shaped matmuls, one per tap (i, j):
-    dw[i, j] = sum_p xpad[p + (i, j)] g[p]. The shifted slices are taken of whichever tensor
-    has fewer channels (the input padded, or the output gradient padded the other way:
-    dw[i, j] = sum_q x[q] gpad[q + (kh-1-i, kw-1-j)]), since the slices are copies."""
+def _dense_kernel_grad(x: Array, g: Array, kh: int, kw: int, padding: tuple[int, int],
+                       strides: tuple[int, int] = (1, 1)) -> Array:
+    """dL/dkernel of a dense conv as kh*kw well-shaped matmuls, one per tap (i, j):
+    dw[i, j] = sum_p xpad[s * p + (i, j)] g[p]. At stride 1 the shifted slices are taken of
+    whichever tensor has fewer channels (the input padded, or the output gradient padded the
+    other way: dw[i, j] = sum_q x[q] gpad[q + (kh-1-i, kw-1-j)]), since the slices are
+    copies."""
     ph, pw = padding
+    sh, sw = strides
     b, h, w, cin = x.shape
     ho, wo, cout = g.shape[1], g.shape[2], g.shape[3]
     contract = (((0,), (0,)), ((), ()))
-    if cout < cin and ph <= kh - 1 and pw <= kw - 1:
+    if strides == (1, 1) and cout < cin and ph <= kh - 1 and pw <= kw - 1:
         gp = jnp.pad(g, ((0, 0), (kh - 1 - ph, h - ho + ph), (kw - 1 - pw, w - wo + pw), (0, 0)))
         x2 = x.reshape(b * h * w, cin)
         taps = [lax.dot_general(x2, lax.slice(gp, (0, kh - 1 - i, kw - 1 - j, 0),
@@ -172,30 +176,33 @@ def _dense_kernel_grad(x: Array, g: Array, kh: int, kw: int, padding: tuple[int,
     else:
         xp = jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0))) if (ph or pw) else x
         g2 = g.reshape(b * ho * wo, cout)
-        taps = [lax.dot_general(lax.slice(xp, (0, i, j, 0), (b, i + ho, j + wo, cin)
-                                          ).reshape(-1, cin), g2, contract,
+        taps = [lax.dot_general(lax.slice(xp, (0, i, j, 0),
+                                          (b, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, cin),
+                                          (1, sh, sw, 1)).reshape(-1, cin), g2, contract,
                                 preferred_element_type=jnp.float32)
                 for i in range(kh) for j in range(kw)]
     return jnp.stack(taps).reshape(kh, kw, cin, cout)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(2,))
-def dense_conv_fast(x: Array, kernel: Array, padding: tuple[int, int] = (1, 1)) -> Array:
-    """A stride-1 dense k x k conv: XLA's forward and input gradient (fast on CPU too), and the
-    kernel gradient as k*k matmuls (`_dense_kernel_grad`): XLA:CPU computes that one at ~1/5 of
-    its matmul rate (3.4 s of a 13 s det_mv3_db step for one 3x3 256 -> 64 conv at 160x160)."""
-    return conv_xla(x, kernel, (1, 1), padding, 1)
+@partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def dense_conv_fast(x: Array, kernel: Array, padding: tuple[int, int] = (1, 1),
+                    strides: tuple[int, int] = (1, 1)) -> Array:
+    """A dense k x k conv: XLA's forward and input gradient (fast on CPU too), and the kernel
+    gradient as k*k matmuls (`_dense_kernel_grad`): XLA:CPU computes that one at 1/5 to 1/2 of
+    its matmul rate (3.4 s of a 13 s det_mv3_db step for one 3x3 256 -> 64 conv at 160x160;
+    PP-YOLOE's stride-2 3x3 convs, 1.5-2.5x the taps' time)."""
+    return conv_xla(x, kernel, strides, padding, 1)
 
 
-def _dense_fwd(x, kernel, padding):
-    return dense_conv_fast(x, kernel, padding), (x, kernel)
+def _dense_fwd(x, kernel, padding, strides):
+    return dense_conv_fast(x, kernel, padding, strides), (x, kernel)
 
 
-def _dense_bwd(padding, res, g):
+def _dense_bwd(padding, strides, res, g):
     x, kernel = res
-    _, input_grad = jax.vjp(lambda v: conv_xla(v, kernel, (1, 1), padding, 1), x)
+    _, input_grad = jax.vjp(lambda v: conv_xla(v, kernel, strides, padding, 1), x)
     dx, = input_grad(g)
-    dw = _dense_kernel_grad(x, g, kernel.shape[0], kernel.shape[1], padding)
+    dw = _dense_kernel_grad(x, g, kernel.shape[0], kernel.shape[1], padding, strides)
     # Under a shard_map that tracks replication (check_vma), a replicated kernel's cotangent
     # is summed over the mesh axes the data varies on, as JAX's own transpose would do; the
     # train step (check_vma off) all-reduces its gradients once, itself.
@@ -203,7 +210,6 @@ def _dense_bwd(padding, res, g):
     if extra:
         dw = lax.psum(dw, extra)
     return dx, dw.astype(kernel.dtype)
-
 
 
 dense_conv_fast.defvjp(_dense_fwd, _dense_bwd)
@@ -267,9 +273,9 @@ class Conv(nn.Module):
             y = depthwise_conv_fast(x, kernel, strides, padding)
         elif impl == "fast" and g == 1 and (kh, kw) == (1, 1) and padding == (0, 0):
             y = pointwise_conv_fast(x, kernel, strides)
-        elif impl == "fast" and g == 1 and strides == (1, 1):
-            y = dense_conv_fast(x, kernel, padding)
-        else:  # strided dense convs (the 3-channel stem) are fine in XLA:CPU
+        elif impl == "fast" and g == 1:
+            y = dense_conv_fast(x, kernel, padding, strides)
+        else:
             y = conv_xla(x, kernel, strides, padding, g)
         if self.use_bias:
             bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)

@@ -25,6 +25,7 @@ from jaxocr.distributed import (Preemption, Progress, check_same_config,
 from jaxocr.models import build_model
 from jaxocr.tasks import build_task
 from jaxocr.training import checkpoint
+from jaxocr.training.compile_ahead import CompiledSteps
 from jaxocr.training.optimizer import build_optimizer, with_schedule_step
 from jaxocr.training.step import (TrainState, batch_sharding, count_params, create_state,
                                   eval_view, init_variables, make_eval_step, make_train_step,
@@ -305,13 +306,11 @@ def train(cfg: dict, mesh=None) -> dict:
     best = dict(meta.get("best_metric") or {})
     main_key = comp.task.main_indicator
 
-    train_steps = {}  # one compiled step per training phase (task.phase(epoch))
-
-    def train_step_of(epoch):
-        phase = comp.task.phase(epoch)
-        if phase not in train_steps:
-            train_steps[phase] = comp.train_step(tx, phase=phase)
-        return train_steps[phase]
+    # one program per training phase (task.phase(epoch)) and batch shape, compiled ahead
+    train_steps = CompiledSteps(lambda phase: comp.train_step(tx, phase=phase), state,
+                                train_loader.batch_specs(comp.batch_sharding))
+    if global_step < total_steps:
+        train_steps.prepare(comp.task.phase(data_epoch))
 
     eval_step = comp.eval_step()
     eval_epochs = int(g.get("eval_epoch_step") or 0)
@@ -345,7 +344,7 @@ def train(cfg: dict, mesh=None) -> dict:
     for device, host in stream or ():
         if int(np.ravel(host["epoch"])[0]) != epoch:  # a resumed position, under a batch left
             epoch, offset, left = int(np.ravel(host["epoch"])[0]), 0, steps_per_epoch
-        state, out = train_step_of(epoch)(state, device)
+        state, out = train_steps(comp.task.phase(epoch), state, device)
         train_log.flush()  # the previous line's values, now that this step is queued
         train_log.add(out)
         global_step += 1
@@ -399,6 +398,7 @@ def train(cfg: dict, mesh=None) -> dict:
         if finished:
             break
     train_log.flush()
+    train_steps.close()
     if stream is not None:
         stream.close()
     train_loader.close()

@@ -60,8 +60,11 @@ class BatchRandomResize:
         """Every [h, w] it can pick (keep_ratio False) -- the shapes to compile for."""
         return [list(t) for t in self.target_size] if self.random_size else [self.target_size]
 
-    def __call__(self, samples: list, step: int = 0, seed: int | None = None) -> list:
-        size, interp = self.choose(step, seed)
+    def __call__(self, samples: list, step: int = 0, seed: int | None = None,
+                 size: list[int] | None = None) -> list:
+        """`size`: this [h, w] instead of the step's choice (the compile-ahead shapes)."""
+        chosen, interp = self.choose(step, seed)
+        size = chosen if size is None else size
         return [resize_sample(dict(s), size, self.keep_ratio, interp) for s in samples]
 
 
@@ -142,10 +145,14 @@ class BatchCompose:
                 raise ValueError(f"batch_transforms: {type(op).__name__} draws per-sample "
                                  f"random numbers; put it in sample_transforms")
 
-    def __call__(self, samples: list, step: int = 0, seed: int | None = None) -> list:
+    def __call__(self, samples: list, step: int = 0, seed: int | None = None,
+                 size: list[int] | None = None) -> list:
+        """`size`: the multi-scale resize's [h, w] for this call, in place of its choice."""
         samples = [dict(s) for s in samples]
         for op in self.ops:
-            if isinstance(op, tuple(_BATCH_TYPES)):
+            if isinstance(op, BatchRandomResize):
+                samples = op(samples, step, seed, size)
+            elif isinstance(op, tuple(_BATCH_TYPES)):
                 samples = op(samples, step, seed)
             else:
                 samples = [op(s, None) for s in samples]
@@ -153,6 +160,13 @@ class BatchCompose:
 
     def batch_resize(self) -> BatchRandomResize | None:
         return next((op for op in self.ops if isinstance(op, BatchRandomResize)), None)
+
+    def each_size(self, samples: list):
+        """The batch at every size the multi-scale resize can pick (once, without one): the
+        batch shapes a train step meets, to compile ahead."""
+        resize = self.batch_resize()
+        for size in resize.sizes() if resize else [None]:
+            yield self(samples, size=size)
 
     def __repr__(self) -> str:
         return f"BatchCompose({[type(op).__name__ for op in self.ops]})"
