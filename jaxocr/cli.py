@@ -34,7 +34,11 @@ def set_cpu_devices(n: int | None):
         jax.config.update("jax_num_cpu_devices", int(n))
 
 
+_loaded: list[str] = []  # the config this process loaded, named in a config error's line
+
+
 def load(args) -> dict:
+    _loaded[:] = [args.config]
     return load_config(args.config, parse_overrides(args.opt),
                        eval_in_training=bool(getattr(args, "eval", False)))
 
@@ -56,7 +60,8 @@ def run(main):
             raise
         if job_failure.in_job():  # peers may be waiting for this process in a collective
             job_failure.leave(e, code=2)
-        print(f"jaxocr: error: {e}", file=sys.stderr)
+        where = f"{_loaded[0]}: " if _loaded and isinstance(e, ConfigError) else ""
+        print(f"jaxocr: error: {where}{e}", file=sys.stderr)
         sys.exit(2)
     except Exception as e:
         if job_failure.in_job():

@@ -100,6 +100,7 @@ IGNORED = {
     "Train.loader": {"use_shared_memory", "collate_fn"},
     "Train.dataset": {"ext_op_transform_idx", "ds_width"},
     "wandb": None,  # a whole top-level section
+    "profiler_options": None,  # top level in PaddleOCR's current configs
 }
 IGNORED["Eval.loader"] = IGNORED["Train.loader"]
 IGNORED["Eval.dataset"] = IGNORED["Train.dataset"]

@@ -42,9 +42,11 @@ def test_misspelt_key_names_path_and_suggestion():
 
 def test_paddle_only_keys_are_accepted_and_logged(caplog):
     with caplog.at_level("INFO", logger="jaxocr"):
-        cfg = load_config(CRNN, ["Global.use_gpu=false"])
+        cfg = load_config(CRNN, ["Global.use_gpu=false", "Global.debug=false",
+                                 "profiler_options=null"])
     assert cfg["Global"]["use_gpu"] is False
     assert "Global.use_gpu" in caplog.text and "Global.use_visualdl" in caplog.text
+    assert "Global.debug" in caplog.text and "profiler_options" in caplog.text
 
 
 def test_keys_that_would_change_training_are_honoured_or_refused(caplog):
@@ -127,3 +129,36 @@ def test_every_shipped_config_builds_its_model(name):
     x = jax.ShapeDtypeStruct((1, h, w, 3), np.float32)
     params = jax.eval_shape(lambda k, x: model.init(k, x), jax.random.PRNGKey(0), x)["params"]
     assert sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params)) == SHIPPED[name]
+
+
+@pytest.mark.parametrize("override,message", [
+    ("Architecture.Backbone.name=ResNeXt", "Architecture.Backbone.name: unknown Backbone 'ResNeXt'"),
+    ("Architecture.Head.fc_decay2=1", "Architecture.Head (CTCHead): unknown key(s) ['fc_decay2']"),
+    ("Train.dataset.transforms=[{DecodeImage: {}}, {RecAugment: {}}]",
+     "unknown transform op 'RecAugment'"),
+    ("Train.dataset.transforms=[{DecodeImage: {img_mod: BGR}}]",
+     "transform DecodeImage: unknown option(s) ['img_mod']"),
+    ("Train.dataset.name=SimpleDataSets", "unknown dataset name 'SimpleDataSets'"),
+    ("Global.character_dict_path=ppocr/utils/no_dict.txt", "character_dict_path not found"),
+])
+def test_a_config_error_is_one_line_naming_the_config(override, message):
+    """Unknown parts, transforms, options, datasets, missing files: one line, no traceback
+    (JAXOCR_TRACEBACK=1 shows it)."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    synthetic = ["Train.dataset.name=SynthTextLine", "Eval.dataset.name=SynthTextLine"]
+    cmd = [sys.executable, "launch/multihost.py", "-c", CRNN, "-o", *synthetic, override]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300,
+                       env={**os.environ, "JAXOCR_TRACEBACK": ""})
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr, r.stderr[-2000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("jaxocr: error: ") and message in last, last
+    if "character_dict_path" not in override:
+        assert last.startswith(f"jaxocr: error: {CRNN}: "), last
+    shown = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300,
+                           env={**os.environ, "JAXOCR_TRACEBACK": "1"})
+    assert "Traceback" in shown.stderr

@@ -59,6 +59,30 @@ def test_dict_file_charset(tmp_path):
         CharacterDict(tmp_path / "nope.txt")
 
 
+def test_paddleocr_bundled_dictionaries_resolve_by_their_repository_path(
+        tmp_path, monkeypatch, caplog):
+    """A config naming PaddleOCR's own dictionaries by their path in its repository gets
+    jaxocr's copy of the file (logged) where no such file exists; a file that exists wins."""
+    import logging
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level(logging.INFO, logger="jaxocr"):
+        keys = CharacterDict.from_config({"character_dict_path": "ppocr/utils/ppocr_keys_v1.txt",
+                                          "use_space_char": True})
+    assert keys.num_classes == 6625  # 6,623 characters, the space and the blank
+    assert "using PaddleOCR's, as jaxocr ships it" in caplog.text and "ppocr_keys_v1" in caplog.text
+    en = CharacterDict("./ppocr/utils/en_dict.txt", use_space_char=True)
+    assert en.num_classes == 97 and en.characters[:10] == list("0123456789")
+    assert CharacterDict("/opt/PaddleOCR/ppocr/utils/dict/japan_dict.txt").num_classes > 4000
+    assert CharacterDict("ppocr/utils/ic15_dict.txt").characters == list(
+        "0123456789abcdefghijklmnopqrstuvwxyz")
+    own = tmp_path / "ppocr" / "utils"
+    own.mkdir(parents=True)
+    (own / "en_dict.txt").write_text("x\ny\n")
+    assert CharacterDict("ppocr/utils/en_dict.txt").characters == ["x", "y"]
+    with pytest.raises(FileNotFoundError, match="ppocr/utils/no_such_dict.txt.*e.g."):
+        CharacterDict("ppocr/utils/no_such_dict.txt")
+
+
 # ---------------------------------------------------------------------------------- synth
 def test_synth_deterministic_and_distinct():
     a = SynthTextLine(CharacterDict(), num_samples=50, seed=7)

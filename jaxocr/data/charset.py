@@ -16,19 +16,57 @@ character); `encode(text, skip_unknown=True)` skips them.
 """
 from __future__ import annotations
 
+import logging
 import os
 from typing import Iterable
+
+log = logging.getLogger("jaxocr")
 
 DEFAULT_CHARACTERS = "0123456789abcdefghijklmnopqrstuvwxyz"
 UNKNOWN_CHARS_MODES = ("skip", "drop")  # dataset key `unknown_chars`; skip: PaddleOCR
 
 
+BUNDLED_DICTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dicts")
+
+
+def bundled_dict(dict_path: str) -> str | None:
+    """jaxocr's copy of the PaddleOCR dictionary `dict_path` names (`ppocr/utils/...`, as
+    PaddleOCR's configs write it, also with a leading `./` or an absolute prefix), or None."""
+    parts = os.path.normpath(dict_path).replace(os.sep, "/").split("/")
+    for i in range(len(parts) - 1):
+        if parts[i:i + 2] == ["ppocr", "utils"]:
+            candidate = os.path.join(BUNDLED_DICTS, *parts[i:])
+            return candidate if os.path.isfile(candidate) else None
+    return None
+
+
+def resolve_dict_path(dict_path: str | os.PathLike) -> str:
+    """The file to read for `character_dict_path`: the path itself when it exists, else the
+    bundled copy of a PaddleOCR dictionary (logged), else a FileNotFoundError."""
+    dict_path = os.fspath(dict_path)
+    if os.path.isfile(dict_path):
+        return dict_path
+    bundled = bundled_dict(dict_path)
+    if bundled is None:
+        raise FileNotFoundError(
+            f"character_dict_path not found: {dict_path} (PaddleOCR's own dictionaries are "
+            f"found by their ppocr/utils/... path; jaxocr carries {_bundled_names()})")
+    log.info("character_dict_path %s: no such file here; using PaddleOCR's, as jaxocr ships "
+             "it: %s", dict_path, bundled)
+    return bundled
+
+
+def _bundled_names() -> str:
+    names = sorted(os.path.relpath(os.path.join(d, f), BUNDLED_DICTS).replace(os.sep, "/")
+                   for d, _, files in os.walk(BUNDLED_DICTS) for f in files if f.endswith(".txt"))
+    shown = [n for n in names if n.count("/") == 2][:5]
+    return f"{len(names)} of them, e.g. {', '.join(shown)}"
+
+
 class CharacterDict:
     def __init__(self, dict_path: str | os.PathLike | None = None, use_space_char: bool = False):
         if dict_path:
-            dict_path = os.fspath(dict_path)
-            if not os.path.isfile(dict_path):
-                raise FileNotFoundError(f"character_dict_path not found: {dict_path}")
+            dict_path = resolve_dict_path(dict_path)
             chars: list[str] = []
             with open(dict_path, "rb") as f:
                 for lineno, raw in enumerate(f, 1):

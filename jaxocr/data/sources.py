@@ -44,6 +44,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from jaxocr.config import ConfigError
 from jaxocr.data.charset import UNKNOWN_CHARS_MODES, CharacterDict
 from jaxocr.data.source_api import EveryEntryEachEpoch
 from jaxocr.data.synth import MAX_DEFAULT_LEN, SynthTextLine
@@ -492,7 +493,7 @@ def build_source(dataset_cfg: dict, mode: str, charset: CharacterDict, global_cf
                      if dataset_cfg.get(k) is not None}
             src = SynthSceneWords(charset, **common, **scene)
     else:
-        raise ValueError(f"unknown dataset name {name!r}; known: {', '.join(KNOWN_SOURCES)}")
+        raise ConfigError(f"unknown dataset name {name!r}; known: {', '.join(KNOWN_SOURCES)}")
     _log_summary(src, mode, dictionary=label_filter is None and name not in DETECTION_SOURCES)
     return src
 

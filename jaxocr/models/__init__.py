@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from jaxocr.config import ConfigError
 from jaxocr.models.backbones.cspresnet import CSPResNet
 from jaxocr.models.backbones.mobilenet_v3 import MobileNetV3, MobileNetV3Det
 from jaxocr.models.backbones.svtrnet import SVTRNet
@@ -64,7 +65,7 @@ def _build_part(section: str, cfg: dict | None, globals_: dict[str, Any],
     if cfg is None:
         return None
     if not isinstance(cfg, dict) or "name" not in cfg:
-        raise ValueError(f"Architecture.{section} must be a mapping with a 'name' key, got {cfg!r}")
+        raise ConfigError(f"Architecture.{section} must be a mapping with a 'name' key, got {cfg!r}")
     if section == "Backbone":
         registry = BACKBONES_BY_MODEL_TYPE[model_type]
         of_type = f" for model_type {model_type!r}"
@@ -73,21 +74,21 @@ def _build_part(section: str, cfg: dict | None, globals_: dict[str, Any],
     cfg = dict(cfg)
     name = cfg.pop("name")
     if name not in registry:
-        raise ValueError(f"Architecture.{section}.name: unknown {section} {name!r}{of_type}; "
+        raise ConfigError(f"Architecture.{section}.name: unknown {section} {name!r}{of_type}; "
                          f"known: {sorted(registry)}")
     cls = registry[name]
     fields = {f.name for f in dataclasses.fields(cls)} - {"parent", "name"}
     bad = sorted(k for k in cfg if k not in fields or k in _RESERVED)
     if bad:
         accepted = sorted(fields - _RESERVED)
-        raise ValueError(f"Architecture.{section} ({name}): unknown key(s) {bad}; "
+        raise ConfigError(f"Architecture.{section} ({name}): unknown key(s) {bad}; "
                          f"accepted: {accepted}")
     kwargs = {k: v for k, v in globals_.items() if k in fields}
     kwargs.update(cfg)
     try:
         return cls(**kwargs)
     except TypeError as e:  # missing required field, e.g. Head.out_channels
-        raise ValueError(f"Architecture.{section} ({name}): {e}") from e
+        raise ConfigError(f"Architecture.{section} ({name}): {e}") from e
 
 
 class BaseModel(nn.Module):
@@ -130,16 +131,16 @@ def build_model(arch_cfg: dict, bn_axis_name: str | None = None, dtype: Any = jn
     Variables: collections 'params' and 'batch_stats'.
     """
     if not isinstance(arch_cfg, dict):
-        raise ValueError(f"Architecture must be a mapping, got {type(arch_cfg).__name__}")
+        raise ConfigError(f"Architecture must be a mapping, got {type(arch_cfg).__name__}")
     known = {"model_type", "algorithm", "Transform", "Backbone", "Neck", "Head"}
     unknown = sorted(set(arch_cfg) - known)
     if unknown:
-        raise ValueError(f"Architecture: unknown key(s) {unknown}; known: {sorted(known)}")
+        raise ConfigError(f"Architecture: unknown key(s) {unknown}; known: {sorted(known)}")
     if arch_cfg.get("Backbone") is None:
-        raise ValueError("Architecture.Backbone is required")
+        raise ConfigError("Architecture.Backbone is required")
     model_type = arch_cfg.get("model_type", "rec")
     if model_type not in BACKBONES_BY_MODEL_TYPE:
-        raise ValueError(f"Architecture.model_type: unknown {model_type!r}; "
+        raise ConfigError(f"Architecture.model_type: unknown {model_type!r}; "
                          f"known: {sorted(BACKBONES_BY_MODEL_TYPE)}")
     g = {"bn_axis_name": bn_axis_name, "dtype": dtype, "conv_impl": conv_impl}
     return BaseModel(

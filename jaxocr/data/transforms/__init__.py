@@ -34,6 +34,7 @@ from typing import Callable
 
 import numpy as np
 
+from jaxocr.config import ConfigError
 from jaxocr.data.charset import CharacterDict
 from jaxocr.data.transforms.common import (INTERNAL_KEYS, LABEL_KEYS, BadSample, DecodeImage,
                                            KeepKeys, NormalizeImage, ToCHWImage, _check_options,
@@ -162,7 +163,7 @@ def build_transforms(ops_cfg: list | None, charset: CharacterDict, global_cfg: d
     ops = []
     for name, kwargs in op_entries(ops_cfg):
         if name not in OPS:
-            raise ValueError(f"unknown transform op {name!r}; known: {sorted(OPS)}")
+            raise ConfigError(f"unknown transform op {name!r}; known: {sorted(OPS)}")
         if infer and name.endswith("LabelEncode"):
             continue
         if infer and name == "KeepKeys":
@@ -173,5 +174,5 @@ def build_transforms(ops_cfg: list | None, charset: CharacterDict, global_cfg: d
         try:
             ops.append(factory(kwargs, charset, g))
         except TypeError as e:  # a required option missing
-            raise ValueError(f"transform {name}: {e}") from None
+            raise ConfigError(f"transform {name}: {e}") from None
     return Compose(ops)

@@ -16,6 +16,8 @@ import logging
 import cv2
 import numpy as np
 
+from jaxocr.config import ConfigError
+
 
 class BadSample(Exception):
     """A sample that cannot be used (unreadable image, unencodable label, ...)."""
@@ -24,7 +26,7 @@ class BadSample(Exception):
 def _check_options(op: str, kwargs: dict, known: set[str]):
     unknown = sorted(set(kwargs) - known)
     if unknown:
-        raise ValueError(f"transform {op}: unknown option(s) {unknown}; known: {sorted(known)}")
+        raise ConfigError(f"transform {op}: unknown option(s) {unknown}; known: {sorted(known)}")
 
 
 def _image(data: dict, op: str) -> np.ndarray:
@@ -53,7 +55,7 @@ def op_entries(ops_cfg):
         if isinstance(entry, str):
             entry = {entry: None}
         if not isinstance(entry, dict) or len(entry) != 1:
-            raise ValueError(f"transforms: each entry must be {{OpName: {{options}}}}, "
+            raise ConfigError(f"transforms: each entry must be {{OpName: {{options}}}}, "
                              f"got {entry!r}")
         (name, kwargs), = entry.items()
         yield name, dict(kwargs or {})
