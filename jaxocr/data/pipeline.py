@@ -164,8 +164,10 @@ class SampleMaker:
         """Batches of the rows `indices` (epoch 0) in every shape the batch transform makes
         (one per multi-scale size): what a train step is compiled for ahead of use."""
         rows = [self.load(i, 0) for i in indices]
-        if self.batch_transform is None or not hasattr(self.batch_transform, "each_size"):
-            return [self.batch(indices, 0)]
+        if self.batch_transform is None:
+            return [self._stack(rows)]
+        if not hasattr(self.batch_transform, "each_size"):  # a plain callable: one shape
+            return [self._stack(self.batch_transform(rows, (0, 0), self.seed))]
         return [self._stack(r) for r in self.batch_transform.each_size(rows)]
 
     def _stack(self, rows: list) -> dict:
