@@ -44,7 +44,12 @@ def train_speed(cfg, steps: int, warmup: int, sync_grads: bool = True,
 
     import jax
     from jaxocr.profile import all_reduce_counts
+    from jaxocr.config import config_hash
+    from jaxocr.distributed import check_same_config
     from jaxocr.training.loop import Components
+    # as train() does: the first collective (which sets up gloo, waiting 30 s at most for the
+    # peers) runs while the processes are still in step, before their builds drift apart
+    check_same_config(config_hash(cfg))
     comp = Components(cfg)
     loader = comp.loader("Train")
     state, tx, _ = comp.build_state(comp.image_shape or loader.load(0, 0)["image"].shape,
