@@ -117,6 +117,8 @@ def supervise(args):
               "--shutdown_timeout", str(args.shutdown_timeout)]
     for group in args.opt:
         common += ["-o", *group]
+    if args.eval:
+        common += ["--eval"]
     if args.cpu_devices_per_process:
         common += ["--cpu_devices_per_process", str(args.cpu_devices_per_process)]
     commands = []

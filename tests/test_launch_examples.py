@@ -220,3 +220,38 @@ def test_stall_watch_waits_for_every_worker_to_start_then_blames_the_one_behind(
     assert sup._stalled().startswith("worker 1 (pid 101) is stuck: no training step after step 3")
     sup.workers = [FakeWorker(0, (4, 5.0)), FakeWorker(1, (3, 6.0))]
     assert sup._stalled() is None
+
+
+# ---- --nproc_per_host -----------------------------------------------------------------------
+PLACEMENT = {"coordinator", "num_processes", "process_id", "nproc_per_host", "local_rank",
+             "workers_per_host", "ips", "start_port", "gpus", "log_dir", "stall_timeout",
+             "startup_timeout", "max_restarts"}
+
+
+@pytest.mark.parametrize("flags", [["--eval"], ["--init_timeout", "77", "--shutdown_timeout", "9"]])
+def test_local_workers_get_every_training_flag_of_the_launch(monkeypatch, flags):
+    """`--nproc_per_host K` restarts the launcher as K workers: each must train with the same
+    config, overrides and flags (a dropped `--eval` silently skipped PP-YOLOE's evaluation)."""
+    import jaxocr.launcher
+    multihost = _multihost()
+    started = []
+
+    class Recorder:
+        def __init__(self, commands, *args, **kwargs):
+            started.extend(commands)
+
+        def run(self):
+            return 0
+
+    monkeypatch.setattr(jaxocr.launcher, "Supervisor", Recorder)
+    quickstart = os.path.join(ROOT, "configs", "rec", "quickstart_crnn.yml")
+    launch = multihost.parser().parse_args(
+        ["-c", quickstart, "-o", "Global.epoch_num=3", "--nproc_per_host", "2",
+         "--cpu_devices_per_process", "1", *flags])
+    assert multihost.supervise(launch) == 0
+    assert len(started) == 2
+    for rank, cmd in enumerate(started):
+        worker = multihost.parser().parse_args(cmd[2:])
+        assert worker.process_id == rank and worker.num_processes == 2
+        differs = {k for k, v in vars(launch).items() if getattr(worker, k) != v} - PLACEMENT
+        assert not differs, {k: (getattr(launch, k), getattr(worker, k)) for k in differs}
