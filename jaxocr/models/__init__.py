@@ -34,6 +34,7 @@ from flax import linen as nn
 from jaxocr.config import ConfigError
 from jaxocr.models.backbones.cspresnet import CSPResNet
 from jaxocr.models.backbones.mobilenet_v3 import MobileNetV3, MobileNetV3Det
+from jaxocr.models.backbones.rec_resnet_vd import ResNet
 from jaxocr.models.backbones.svtrnet import SVTRNet
 from jaxocr.models.heads.ctc import CTCHead
 from jaxocr.models.heads.db_head import DBHead
@@ -42,9 +43,11 @@ from jaxocr.models.necks.custom_pan import CustomCSPPAN
 from jaxocr.models.necks.db_fpn import DBFPN, RSEFPN
 from jaxocr.models.necks.rnn import SequenceEncoder
 from jaxocr.models.transforms.stn import STN_ON
+from jaxocr.models.transforms.tps import TPS
 
-TRANSFORMS: dict[str, type[nn.Module]] = {"STN_ON": STN_ON}
-REC_BACKBONES: dict[str, type[nn.Module]] = {"MobileNetV3": MobileNetV3, "SVTRNet": SVTRNet}
+TRANSFORMS: dict[str, type[nn.Module]] = {"STN_ON": STN_ON, "TPS": TPS}
+REC_BACKBONES: dict[str, type[nn.Module]] = {"MobileNetV3": MobileNetV3, "SVTRNet": SVTRNet,
+                                             "ResNet": ResNet}
 DET_BACKBONES: dict[str, type[nn.Module]] = {"MobileNetV3": MobileNetV3Det}
 YOLO_BACKBONES: dict[str, type[nn.Module]] = {"CSPResNet": CSPResNet}
 BACKBONES_BY_MODEL_TYPE: dict[str, dict[str, type[nn.Module]]] = {
@@ -60,10 +63,8 @@ _GLOBAL_FIELDS = ("bn_axis_name", "dtype", "conv_impl")
 _RESERVED = set(_GLOBAL_FIELDS) | {"parent", "name"}
 
 
-def _build_part(section: str, cfg: dict | None, globals_: dict[str, Any],
-                model_type: str = "rec") -> nn.Module | None:
-    if cfg is None:
-        return None
+def part_class(section: str, cfg: dict, model_type: str = "rec") -> type[nn.Module]:
+    """The class an ``Architecture`` section names (``Backbone`` by ``model_type``)."""
     if not isinstance(cfg, dict) or "name" not in cfg:
         raise ConfigError(f"Architecture.{section} must be a mapping with a 'name' key, got {cfg!r}")
     if section == "Backbone":
@@ -71,12 +72,19 @@ def _build_part(section: str, cfg: dict | None, globals_: dict[str, Any],
         of_type = f" for model_type {model_type!r}"
     else:
         registry, of_type = _REGISTRIES[section], ""
+    if cfg["name"] not in registry:
+        raise ConfigError(f"Architecture.{section}.name: unknown {section} {cfg['name']!r}"
+                          f"{of_type}; known: {sorted(registry)}")
+    return registry[cfg["name"]]
+
+
+def _build_part(section: str, cfg: dict | None, globals_: dict[str, Any],
+                model_type: str = "rec") -> nn.Module | None:
+    if cfg is None:
+        return None
+    cls = part_class(section, cfg, model_type)
     cfg = dict(cfg)
     name = cfg.pop("name")
-    if name not in registry:
-        raise ConfigError(f"Architecture.{section}.name: unknown {section} {name!r}{of_type}; "
-                         f"known: {sorted(registry)}")
-    cls = registry[name]
     fields = {f.name for f in dataclasses.fields(cls)} - {"parent", "name"}
     bad = sorted(k for k in cfg if k not in fields or k in _RESERVED)
     if bad:
@@ -153,5 +161,5 @@ def build_model(arch_cfg: dict, bn_axis_name: str | None = None, dtype: Any = jn
     )
 
 
-__all__ = ["build_model", "BaseModel", "TRANSFORMS", "BACKBONES", "REC_BACKBONES",
+__all__ = ["build_model", "part_class", "BaseModel", "TRANSFORMS", "BACKBONES", "REC_BACKBONES",
            "DET_BACKBONES", "YOLO_BACKBONES", "BACKBONES_BY_MODEL_TYPE", "NECKS", "HEADS"]

@@ -119,6 +119,37 @@ def l2_factors(params, opt_cfg: dict, arch_cfg: dict):
     return jax.tree_util.tree_map_with_path(factor, params)
 
 
+PART_ATTRS = {"Transform": "transform", "Backbone": "backbone", "Neck": "neck", "Head": "head"}
+
+
+def lr_multipliers(params, arch_cfg: dict):
+    """Per-parameter learning-rate factors (Paddle's ParamAttr(learning_rate=...)), or None when
+    every one is 1: a part class may declare `lr_multipliers(cfg) -> {sub-module name: factor}`
+    (TPS: `loc_lr` on its localisation network), matched under that part's place in the model."""
+    from jaxocr.models import part_class
+    rules = []
+    for section, attr in PART_ATTRS.items():
+        part = arch_cfg.get(section)
+        cls = part_class(section, part, arch_cfg.get("model_type", "rec")) if part else None
+        for sub, factor in getattr(cls, "lr_multipliers", lambda _: {})(part).items():
+            rules.append((attr, sub, factor))
+    if not any(f != 1.0 for *_, f in rules):
+        return None
+
+    def factor(path, _):
+        keys = [_key(k) for k in path]
+        return next((f for attr, sub, f in rules if keys[:1] == [attr] and sub in keys[1:]), 1.0)
+
+    return jax.tree_util.tree_map_with_path(factor, params)
+
+
+def scale_each(factors) -> optax.GradientTransformation:
+    """Each update times its parameter's factor (after the optimizer: Paddle scales the rate)."""
+    def update(updates, state, params=None):
+        return jax.tree.map(lambda u, f: u * f, updates, factors), state
+    return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
+
+
 def coupled_l2(factors) -> optax.GradientTransformation:
     def update(updates, state, params):
         return jax.tree.map(lambda g, p, f: g + f * p if f else g, updates, params, factors), state
@@ -172,6 +203,9 @@ def build_optimizer(opt_cfg: dict, arch_cfg: dict, params, steps_per_epoch: int,
         chain.append(optax.sgd(schedule))
     else:
         raise ValueError(f"Optimizer.name: unknown optimizer {name!r}; known: Adam, AdamW, Momentum, SGD")
+    multipliers = lr_multipliers(params, arch_cfg)
+    if multipliers is not None:
+        chain.append(scale_each(multipliers))
     return optax.chain(*chain), schedule
 
 

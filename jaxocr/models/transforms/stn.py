@@ -65,23 +65,24 @@ def resize_align_corners_matrix(n_in: int, n_out: int) -> np.ndarray:
 
 
 def grid_sample(image: Array, grid: Array) -> Array:
-    """Bilinear sampling with align_corners=True. image (B, H, W, C); grid (B, h, w, 2) holds
-    (x, y) in [0, 1] (already clipped, so no padding is needed)."""
+    """Bilinear sampling with align_corners=True and zero padding (Paddle's grid_sample
+    defaults). image (B, H, W, C); grid (B, h, w, 2) holds (x, y), [0, 1] spanning the first to
+    the last pixel centre; a neighbour outside the image counts as 0."""
     b, h_in, w_in, c = image.shape
     x = grid[..., 0] * (w_in - 1)
     y = grid[..., 1] * (h_in - 1)
-    x0 = jnp.clip(jnp.floor(x), 0, w_in - 1)
-    y0 = jnp.clip(jnp.floor(y), 0, h_in - 1)
-    x1, y1 = jnp.minimum(x0 + 1, w_in - 1), jnp.minimum(y0 + 1, h_in - 1)
+    x0, y0 = jnp.floor(x), jnp.floor(y)
     wx, wy = (x - x0)[..., None], (y - y0)[..., None]
     flat = image.reshape(b, h_in * w_in, c)
 
     def at(yy, xx):
+        inside = ((xx >= 0) & (xx <= w_in - 1) & (yy >= 0) & (yy <= h_in - 1))[..., None]
+        yy, xx = jnp.clip(yy, 0, h_in - 1), jnp.clip(xx, 0, w_in - 1)
         idx = (yy * w_in + xx).astype(jnp.int32).reshape(b, -1, 1)
-        return jnp.take_along_axis(flat, idx, axis=1).reshape(*grid.shape[:3], c)
+        return jnp.take_along_axis(flat, idx, axis=1).reshape(*grid.shape[:3], c) * inside
 
-    top = at(y0, x0) * (1 - wx) + at(y0, x1) * wx
-    bottom = at(y1, x0) * (1 - wx) + at(y1, x1) * wx
+    top = at(y0, x0) * (1 - wx) + at(y0, x0 + 1) * wx
+    bottom = at(y0 + 1, x0) * (1 - wx) + at(y0 + 1, x0 + 1) * wx
     return top * (1 - wy) + bottom * wy
 
 
