@@ -13,10 +13,12 @@ train: $(BIN)/python
 	$(BIN)/pip install -q -e .
 	$(BIN)/python launch/multihost.py -c configs/rec/quickstart_crnn.yml
 
-# Install what the tests need and run the whole suite, slow multi-process tests included.
+# Install what the tests need and run the whole suite, slow multi-process tests included: two
+# pytest workers (tracing and compiling keep one core busy each), each test file on one worker
+# (its module fixtures built once), the multi-process tests one after another (conftest.py).
 test: $(BIN)/python
 	$(BIN)/pip install -q -e ".[dev]"
-	$(BIN)/python -m pytest -q --durations=25
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=25
 
 test-fast: $(BIN)/python
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -n 2 -m "not slow"

@@ -320,6 +320,32 @@ def test_rec_aug_shape_dtype_deterministic():
         assert not np.array_equal(out, img)
 
 
+def test_svtr_rec_aug_stages_are_seeded_and_keep_an_image():
+    from jaxocr.data.transforms import SVTRRecAug, svtr_aug
+    img, _ = SynthTextLine(ALNUM, 10, seed=2, min_len=5, mixed_case=False).render(3)
+    assert np.array_equal(SVTRRecAug(0, 0.0, 0.0, 0.0)({"image": img.copy()},
+                                                      np.random.default_rng(0))["image"], img)
+    changed = 0
+    for aug_type in (0, 1):
+        every = SVTRRecAug(aug_type, 1.0, 1.0, 1.0)
+        for seed in range(6):
+            a = every({"image": img.copy()}, np.random.default_rng(seed))["image"]
+            b = every({"image": img.copy()}, np.random.default_rng(seed))["image"]
+            assert np.array_equal(a, b)
+            assert a.dtype == np.uint8 and a.ndim == 3 and a.shape[2] == 3 and min(a.shape) > 0
+            changed += not (a.shape == img.shape and np.array_equal(a, img))
+    assert changed == 12
+    rng = np.random.default_rng(3)
+    h, w = img.shape[:2]
+    for _ in range(5):  # a rotation grows the canvas to hold the rotated line
+        rotated = svtr_aug.rotate(img, rng, 45)
+        assert rotated.shape[0] >= h - 1 and rotated.shape[0] * rotated.shape[1] >= h * w - w - h
+    assert svtr_aug.color_jitter(img, rng).shape == img.shape
+    assert svtr_aug.rescale(img, rng, 4).shape == img.shape
+    blurred = svtr_aug.motion_blur(img, np.random.default_rng(1), 60)
+    assert blurred.shape == img.shape and not np.array_equal(blurred, img)
+
+
 def test_jitter_matches_paddle_loop():
     img = np.random.default_rng(0).integers(0, 256, (800, 900, 3), dtype=np.uint8)
     shifts = []

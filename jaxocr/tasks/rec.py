@@ -7,6 +7,8 @@ host-side decoding and metric.
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -68,6 +70,15 @@ class CTCObjective:
         return best_path(logits_of(outputs).astype(jnp.float32))
 
 
+@functools.lru_cache(maxsize=8)
+def _output_steps(model, shape) -> int:
+    """The CTC frames `model` emits for an (H, W, C) image (tracing a model takes seconds)."""
+    x = jax.ShapeDtypeStruct((1, *shape), jnp.float32)
+    out, _ = jax.eval_shape(lambda x: model.init_with_output(
+        jax.random.PRNGKey(0), x, train=False), x)
+    return int(out.shape[1])
+
+
 class RecTask:
     name = "rec"
     log_style = "paddleocr"  # the train log line: PaddleOCR's
@@ -97,10 +108,7 @@ class RecTask:
         shape = self.input_shape()
         if mode != "Train" or shape is None:
             return {}
-        x = jax.ShapeDtypeStruct((1, *shape), jnp.float32)
-        out, _ = jax.eval_shape(lambda x: model.init_with_output(
-            jax.random.PRNGKey(0), x, train=False), x)
-        return {"max_ctc_steps": int(out.shape[1])}
+        return {"max_ctc_steps": _output_steps(model, shape)}
 
     @staticmethod
     def phase(epoch: int) -> None:

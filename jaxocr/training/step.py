@@ -74,11 +74,13 @@ def init_variables(model, image_shape, seed: int) -> dict:
 
 
 def create_state(variables: dict, tx, seed: int, use_ema: bool = False) -> TrainState:
-    params = variables["params"]
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      batch_stats=variables.get("batch_stats", {}),
-                      opt_state=tx.init(params), rng=jax.random.PRNGKey(seed + 1),
-                      ema=ema_init(variables) if use_ema else None)
+    def fresh(variables):
+        params = variables["params"]
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                          batch_stats=variables.get("batch_stats", {}),
+                          opt_state=tx.init(params), rng=jax.random.PRNGKey(seed + 1),
+                          ema=ema_init(variables) if use_ema else None)
+    return jax.jit(fresh)(variables)  # one program, not one per optimizer-state shape
 
 
 def eval_view(state: TrainState, ema_decay: float) -> TrainState:

@@ -11,6 +11,7 @@ This package holds the registry `OPS` (the recognition and the DB detection ops)
 
     common       BadSample, DecodeImage, KeepKeys, NormalizeImage, ToCHWImage (operators.py)
     rec_aug      RecAug and the TIA / blur / jitter / noise helpers (rec_img_aug.py)
+    svtr_aug     SVTRRecAug: geometry, deterioration, colour jitter (rec_img_aug.py, abinet_aug.py)
     rec_label    CTCLabelEncode (label_ops.py)
     rec_resize   RecResizeImg, SVTRRecResizeImg (rec_img_aug.py)
     det_label    DetLabelEncode (label_ops.py), pad_polygons
@@ -48,6 +49,7 @@ from jaxocr.data.transforms.det_resize import (DetPadToBucket, DetResizeForTest,
                                                shape_buckets)
 from jaxocr.data.transforms.rec_aug import RecAug, jitter
 from jaxocr.data.transforms.rec_label import CTCLabelEncode
+from jaxocr.data.transforms.svtr_aug import SVTRRecAug
 from jaxocr.data.transforms.rec_resize import (RecResizeImg, SVTRRecResizeImg, resize_img,
                                                resize_norm_img)
 
@@ -55,7 +57,7 @@ __all__ = [
     "op_options",
     "OPS", "REC_OPS", "DET_OPS", "Compose", "build_transforms", "BadSample", "LABEL_KEYS",
     "INTERNAL_KEYS", "DecodeImage", "KeepKeys", "NormalizeImage", "ToCHWImage", "normalize",
-    "RecAug", "jitter", "CTCLabelEncode", "RecResizeImg", "SVTRRecResizeImg", "resize_img",
+    "RecAug", "jitter", "SVTRRecAug", "CTCLabelEncode", "RecResizeImg", "SVTRRecResizeImg", "resize_img",
     "resize_norm_img", "DetLabelEncode", "pad_polygons", "IaaAugment", "EastRandomCropData",
     "crop_area", "MakeBorderMap", "MakeShrinkMap", "DetResizeForTest", "DetPadToBucket",
     "pad_to_bucket", "shape_buckets",
@@ -78,6 +80,8 @@ REC_OPS: dict[str, tuple[Callable, set[str]]] = {
     "RecAug": (lambda kw, c, g: RecAug(**kw),
                {"tia_prob", "crop_prob", "reverse_prob", "noise_prob", "jitter_prob",
                 "blur_prob", "hsv_aug_prob", "use_tia", "aug_prob", "hsv_delta", "noise_var"}),
+    "SVTRRecAug": (lambda kw, c, g: SVTRRecAug(**kw),
+                   {"aug_type", "geometry_p", "deterioration_p", "colorjitter_p"}),
     "CTCLabelEncode": (_ctc, {"max_text_length", "character_dict_path", "use_space_char"}),
     "RecResizeImg": (lambda kw, c, g: RecResizeImg(**kw),
                      {"image_shape", "padding", "infer_mode", "character_dict_path",
