@@ -7,8 +7,6 @@ host-side decoding and metric.
 """
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 
@@ -70,13 +68,19 @@ class CTCObjective:
         return best_path(logits_of(outputs).astype(jnp.float32))
 
 
-@functools.lru_cache(maxsize=8)
+_STEPS: dict[tuple[str, tuple], int] = {}
+
+
 def _output_steps(model, shape) -> int:
-    """The CTC frames `model` emits for an (H, W, C) image (tracing a model takes seconds)."""
-    x = jax.ShapeDtypeStruct((1, *shape), jnp.float32)
-    out, _ = jax.eval_shape(lambda x: model.init_with_output(
-        jax.random.PRNGKey(0), x, train=False), x)
-    return int(out.shape[1])
+    """The CTC frames `model` emits for an (H, W, C) image, traced once per model and shape
+    (tracing takes seconds; modules with list fields do not hash, their repr does)."""
+    key = (repr(model), tuple(shape))
+    if key not in _STEPS:
+        x = jax.ShapeDtypeStruct((1, *shape), jnp.float32)
+        out, _ = jax.eval_shape(lambda x: model.init_with_output(
+            jax.random.PRNGKey(0), x, train=False), x)
+        _STEPS[key] = int(out.shape[1])
+    return _STEPS[key]
 
 
 class RecTask:

@@ -95,8 +95,18 @@ log = logging.getLogger("jaxocr")
 # every array over the replicas, compiling a slice per leaf shape at the first save -- 30 s for
 # CRNN's 200 leaves on 2 cores -- for nothing where the replicas share one host's memory; on
 # GPUs orbax already writes from one replica.)
-ocp.type_handlers.register_type_handler(
-    jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
+def _write_from_one_replica():
+    absl = logging.getLogger("absl")  # orbax warns of every override
+    level = absl.level
+    absl.setLevel(logging.ERROR)
+    try:
+        ocp.type_handlers.register_type_handler(
+            jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
+    finally:
+        absl.setLevel(level)
+
+
+_write_from_one_replica()
 
 LATEST, BEST, SNAPSHOTS = "latest", "best_accuracy", "snapshots"
 KINDS = {"latest": LATEST, "best": BEST, "snapshot": SNAPSHOTS}  # kind -> sub-directory
