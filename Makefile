@@ -15,10 +15,10 @@ train: $(BIN)/python
 
 # Install what the tests need and run the whole suite, slow multi-process tests included: two
 # pytest workers (tracing and compiling keep one core busy each), each test file on one worker
-# (its module fixtures built once), the multi-process tests one after another (conftest.py).
+# (its module fixtures built once).
 test: $(BIN)/python
 	$(BIN)/pip install -q -e ".[dev]"
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=25
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=25
 
 test-fast: $(BIN)/python
-	$(BIN)/python -m pytest -q -n 2 -m "not slow"
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow"

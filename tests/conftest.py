@@ -8,19 +8,9 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(ROOT, ".pytest_c
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 import jax  # noqa: E402  (reads the settings above)
-import pytest  # noqa: E402
 
 # Four simulated CPU devices for the data-parallel tests; must be set before any backend use.
 jax.config.update("jax_num_cpu_devices", 4)
-
-def pytest_collection_modifyitems(items):
-    """For `pytest -n 2 --dist loadgroup` (make test): a file's tests run on one worker, so its
-    module fixtures are built once; the multi-process (slow) tests all run on one worker, one
-    after another, so two jobs' worker processes never share the two cores."""
-    for item in items:
-        group = "multiprocess" if item.get_closest_marker("slow") else item.nodeid.split("::")[0]
-        item.add_marker(pytest.mark.xdist_group(group))
-
 
 TINY = [  # the real CRNN code at its smallest scale, few samples: fast on 2 cores
     "Architecture.Backbone.model_name=small", "Architecture.Backbone.scale=0.35",

@@ -28,7 +28,7 @@ COMMON = TINY + ["Optimizer.name=Momentum", "Optimizer.lr.name=Const",
                  "Global.eval_batch_step=[0,3]"]
 
 
-def run(save_dir, *overrides, procs=2, devices_per_proc=2, flags=(), env=None, timeout=600):
+def run(save_dir, *overrides, procs=2, devices_per_proc=2, flags=(), env=None, timeout=1200):
     cmd = [sys.executable, "launch/multihost.py", "-c", QUICKSTART, "-o", *COMMON,
            f"Global.save_model_dir={save_dir}", *overrides]
     if procs > 1:

@@ -13,6 +13,29 @@ from jaxocr.models.transforms.tps import TPS, grid_matrices, target_fiducials
 from jaxocr.training.optimizer import build_optimizer
 
 
+@pytest.mark.parametrize("transform,backbone,neck,count", [
+    (None, "mv3", None, 795_819),  # Rosetta, rec_mv3_none_none_ctc
+    (None, "r34", None, 21_327_109),  # rec_r34_vd_none_none_ctc
+    ("large", "r34", 256, 26_174_819),  # STAR-Net, rec_r34_vd_tps_bilstm_ctc
+])
+def test_paddleocrs_other_ctc_models_have_its_parameter_counts(transform, backbone, neck, count):
+    """The configs/rec models not shipped as files (37 classes, 3 x 32 x 100)."""
+    from jaxocr.models import build_model
+    arch = {"model_type": "rec",
+            "Backbone": {"name": "MobileNetV3", "scale": 0.5, "model_name": "large"}
+            if backbone == "mv3" else {"name": "ResNet", "layers": 34},
+            "Neck": {"name": "SequenceEncoder", "encoder_type": "rnn", "hidden_size": neck}
+            if neck else {"name": "SequenceEncoder", "encoder_type": "reshape"},
+            "Head": {"name": "CTCHead", "out_channels": 37}}
+    if transform:
+        arch["Transform"] = {"name": "TPS", "num_fiducial": 20, "loc_lr": 0.1,
+                             "model_name": transform}
+    model = build_model(arch)
+    x = jax.ShapeDtypeStruct((1, 32, 100, 3), jnp.float32)
+    params = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x), x)["params"]
+    assert sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params)) == count
+
+
 def test_tps_through_the_target_fiducials_is_the_pixel_centre_grid():
     """The TPS that maps the target fiducials onto themselves is the identity: at every output
     pixel centre it returns that centre (Paddle's grid, before align_corners sampling)."""
