@@ -205,3 +205,13 @@ class ToCHWImage:
 
     def __call__(self, data: dict, rng=None) -> dict:
         return data
+
+
+def augment_image(data: dict, augment, rng, name: str) -> dict:
+    """`data["image"]` (a decoded HxWx3 array) replaced by `augment(image, rng)`."""
+    img = data["image"]
+    if not (isinstance(img, np.ndarray) and img.ndim == 3 and img.shape[2] == 3):
+        raise BadSample(f"{name} needs a decoded HxWx3 image (put DecodeImage first, "
+                        "channel_first: false)")
+    data["image"] = np.ascontiguousarray(augment(img, rng))
+    return data

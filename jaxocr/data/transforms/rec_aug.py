@@ -10,7 +10,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from jaxocr.data.transforms.common import BadSample
+from jaxocr.data.transforms.common import augment_image
 
 
 def tia_perspective(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -171,9 +171,4 @@ class RecAug:
         return img
 
     def __call__(self, data: dict, rng: np.random.Generator) -> dict:
-        img = data["image"]
-        if not (isinstance(img, np.ndarray) and img.ndim == 3 and img.shape[2] == 3):
-            raise BadSample("RecAug needs a decoded HxWx3 image (put DecodeImage first, "
-                            "channel_first: false)")
-        data["image"] = np.ascontiguousarray(self.augment(img, rng))
-        return data
+        return augment_image(data, self.augment, rng, "RecAug")

@@ -21,7 +21,7 @@ import math
 import cv2
 import numpy as np
 
-from jaxocr.data.transforms.common import BadSample
+from jaxocr.data.transforms.common import augment_image
 
 INTERPOLATIONS = (cv2.INTER_NEAREST, cv2.INTER_LINEAR, cv2.INTER_CUBIC, cv2.INTER_AREA)
 
@@ -182,9 +182,4 @@ class SVTRRecAug:
         return img
 
     def __call__(self, data: dict, rng: np.random.Generator) -> dict:
-        img = data["image"]
-        if not (isinstance(img, np.ndarray) and img.ndim == 3 and img.shape[2] == 3):
-            raise BadSample("SVTRRecAug needs a decoded HxWx3 image (put DecodeImage first, "
-                            "channel_first: false)")
-        data["image"] = np.ascontiguousarray(self.augment(img, rng))
-        return data
+        return augment_image(data, self.augment, rng, "SVTRRecAug")
