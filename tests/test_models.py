@@ -159,8 +159,8 @@ def test_sequence_encoder_reshape_and_height_check():
 
 
 def test_build_model_errors():
-    bad = dict(CRNN_ARCH, Backbone={"name": "ResNet", "layers": 34})
-    with pytest.raises(ValueError, match="ResNet.*MobileNetV3"):
+    bad = dict(CRNN_ARCH, Backbone={"name": "ResNeXt", "layers": 34})
+    with pytest.raises(ValueError, match="ResNeXt.*MobileNetV3"):
         build_model(bad)
     bad = dict(CRNN_ARCH, Neck={"name": "SequenceEncoder", "encoder_type": "rnn", "hiden": 9})
     with pytest.raises(ValueError, match="hiden"):

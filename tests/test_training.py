@@ -178,14 +178,6 @@ def test_pretrained_model_loads_weights_and_skips_mismatched_shapes(tmp_path):
     assert result["global_step"] == 1  # weights only: the step counter starts afresh
 
 
-def test_amp_computes_in_bfloat16_and_keeps_float32_state(tmp_path):
-    result = train(tiny_config(tmp_path, "Global.max_steps=2", "Global.use_amp=true"))
-    assert np.isfinite(result["train"]["loss"])
-    state = result["state"]
-    assert {x.dtype for x in jax.tree.leaves(state.params)} == {np.dtype("float32")}
-    assert {x.dtype for x in jax.tree.leaves(state.opt_state) if x.ndim} == {np.dtype("float32")}
-
-
 def test_use_amp_computes_in_bfloat16_and_keeps_float32_state(tmp_path):
     from jaxocr.training.loop import Components
     losses = {}
