@@ -320,6 +320,8 @@ def _reader(cfg: dict, mode: str, num_classes: int) -> dict:
               "shuffle": bool(reader.pop("shuffle", mode == "Train")),
               "drop_last": bool(reader.pop("drop_last", mode == "Train")),
               "num_workers": int(cfg.get("worker_num", 2))}
+    if "worker_type" in reader:  # jaxocr's own key (thread | process | auto), as for PaddleOCR
+        loader["worker_type"] = reader.pop("worker_type")
     for k in ("use_shared_memory", "collate_batch", "inputs_def", "fuse_normalize",
               "mixup_epoch", "cutmix_epoch", "mosaic_epoch"):
         reader.pop(k, None)
@@ -327,5 +329,5 @@ def _reader(cfg: dict, mode: str, num_classes: int) -> dict:
         raise ConfigError(_unknown(f"{mode}Reader.{sorted(reader)[0]}",
                                    {"sample_transforms", "batch_transforms", "batch_size",
                                     "shuffle", "drop_last", "use_shared_memory",
-                                    "collate_batch"}))
+                                    "collate_batch", "worker_type"}))
     return {"dataset": dataset, "loader": loader}

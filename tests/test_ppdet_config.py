@@ -124,3 +124,14 @@ def test_optimizer_builder_maps_momentum_l2_and_adamw():
     assert q["name"] == "AdamW" and q["weight_decay"] == 0.0001 and "regularizer" not in q
     with pytest.raises(ConfigError, match="optimizer.momentum: not an option of AdamW"):
         load_config(PPYOLOE_S, ["OptimizerBuilder.optimizer.type=AdamW"])
+
+
+def test_reader_worker_type_reaches_the_loader():
+    from jaxocr.config import load_config
+    cfg = load_config(PPYOLOE_S, ["pretrain_weights=", "TrainReader.worker_type=process",
+                                  "worker_num=4"])
+    assert cfg["Train"]["loader"]["worker_type"] == "process"
+    assert cfg["Train"]["loader"]["num_workers"] == 4
+    assert cfg["Eval"]["loader"]["worker_type"] == "auto"  # the default
+    with pytest.raises(ConfigError, match="TrainReader.worker_typ.*did you mean 'worker_type'"):
+        load_config(PPYOLOE_S, ["pretrain_weights=", "TrainReader.worker_typ=process"])
