@@ -47,7 +47,7 @@ KNOWN = {
     "Eval": {"dataset", "loader", "sampler"},
     "Train.dataset": {
         "name", "data_dir", "label_file_list", "ratio_list", "delimiter", "transforms",
-        "num_samples", "seed", "min_len", "max_len", "fonts", "mixed_case", "unknown_chars",
+        "ext_op_transform_idx", "num_samples", "seed", "min_len", "max_len", "fonts", "mixed_case", "unknown_chars",
         # SynthTextScene (detection) and the fixed eval canvas of a det model
         "image_size", "words_per_image", "dont_care_prob", "word_len", "font_size",
         "max_angle", "canvas",
@@ -98,7 +98,7 @@ IGNORED = {
     # PaddleOCR overwrites lr.epochs with Global.epoch_num before building the schedule
     "Optimizer.lr": {"epochs"},
     "Train.loader": {"use_shared_memory", "collate_fn"},
-    "Train.dataset": {"ext_op_transform_idx", "ds_width"},
+    "Train.dataset": {"ds_width"},
     "wandb": None,  # a whole top-level section
     "profiler_options": None,  # top level in PaddleOCR's current configs
 }

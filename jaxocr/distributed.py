@@ -307,6 +307,7 @@ def local_rows(array) -> np.ndarray:
 def sum_across_processes(values: np.ndarray) -> np.ndarray:
     if jax.process_count() == 1:
         return np.asarray(values)
+    arrive_together("sum_across_processes")
     return np.asarray(multihost_utils.process_allgather(np.asarray(values))).sum(axis=0)
 
 
@@ -319,16 +320,60 @@ def other_processes(values: np.ndarray) -> list[np.ndarray]:
     sizes = every_process(len(values))
     padded = np.zeros((int(sizes.max()), *values.shape[1:]), values.dtype)
     padded[:len(values)] = values
+    arrive_together("other_processes")
     every = np.asarray(multihost_utils.process_allgather(padded))
     return [every[p][:sizes[p]] for p in range(len(sizes)) if p != jax.process_index()]
 
 
+COORDINATION_TIMEOUT_S = 3600.0  # a dead peer ends the job sooner (the launcher, job_failure)
+_rounds = {"gather": 0, "together": 0}
+
+
+def _coordination_client():
+    """The coordination service's client, or None (one process, or a jax whose private API
+    moved: then the device collectives below serve alone)."""
+    if jax.process_count() == 1:
+        return None
+    from jaxocr.jax_internals import Unavailable, distributed_client
+    try:
+        return distributed_client()
+    except Unavailable:
+        return None
+
+
 def every_process(value: int) -> np.ndarray:
-    """`value` (an int64) of every process, by process id."""
+    """`value` (an int64) of every process, by process id, through the coordination service's
+    key-value store: no device program, and a process that arrives late is waited for (up to
+    COORDINATION_TIMEOUT_S) where a first gloo collective gives up after 30 s. Every process
+    makes the same sequence of calls."""
     if jax.process_count() == 1:
         return np.asarray([value], np.int64)
-    mine = np.asarray([value], np.int64)
-    return np.asarray(multihost_utils.process_allgather(mine)).reshape(-1)
+    client = _coordination_client()
+    if client is None:
+        mine = np.asarray([value], np.int64)
+        return np.asarray(multihost_utils.process_allgather(mine)).reshape(-1)
+    n = _rounds["gather"]
+    _rounds["gather"] = n + 1
+    key = "jaxocr/gather/{}/{}".format
+    client.key_value_set(key(n, jax.process_index()), str(int(value)))
+    out = [int(client.blocking_key_value_get(key(n, p), int(COORDINATION_TIMEOUT_S * 1000)))
+           for p in range(jax.process_count())]
+    if n:  # every process has written round n, so every one has read round n - 1
+        client.key_value_delete(key(n - 1, jax.process_index()))
+    return np.asarray(out, np.int64)
+
+
+def arrive_together(what: str) -> None:
+    """Wait (up to COORDINATION_TIMEOUT_S) until every process is here, before a device
+    collective that processes may reach far apart: the first run of a freshly compiled
+    program (compile times differ), a gather after host-side work. Gloo sets up a collective's
+    communicator at its first run and gives up when a peer is 30 s late."""
+    client = _coordination_client()
+    if client is None:
+        return
+    n = _rounds["together"]
+    _rounds["together"] = n + 1
+    client.wait_at_barrier(f"jaxocr/together/{n}/{what}", int(COORDINATION_TIMEOUT_S * 1000))
 
 
 def check_same_config(config_digest: str):

@@ -401,3 +401,25 @@ def test_no_batch_stats_and_a_replicated_mesh(tmp_path):
                                                             "batch_stats": {}}, repl)
     assert weights["batch_stats"] == {}
     _assert_tree_equal(weights["params"], saved.params)
+
+
+def test_two_processes_save_with_no_device_collective_and_wait_for_a_late_one(tmp_path):
+    """Orbax's barriers and the save-status agreement go through the coordination service:
+    a process 40 s late to a save (past gloo's 30 s rendezvous deadline, which failed it) is
+    waited for, and no gloo communicator is ever set up (a device collective would)."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    from test_faults import free_port
+    port = str(free_port())
+    procs = [subprocess.Popen([sys.executable, "tests/two_process_save.py", str(p), port,
+                               str(tmp_path / "run"), "40"], cwd=ROOT, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+             for p in (0, 1)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0, out[-3000:]
+        assert "gathered [[0, 1], [10, 11], [20, 21]]" in out and "saved" in out, out[-3000:]
+        assert "Gloo" not in out, out[-3000:]
+    assert resolve(str(tmp_path / "run")) == (str(tmp_path / "run" / "latest"), 2)

@@ -109,7 +109,9 @@ SHIPPED = {"rec_mv3_none_bilstm_ctc.yml": 1_451_787, "quickstart_crnn.yml": 1_45
            "quickstart_svtr_scenes.yml": 6_022_605,
            # PaddleOCR's counts: its layers' parameters summed (BN running statistics aside)
            "rec_r34_vd_none_bilstm_ctc.yml": 24_481_029,  # CRNN, ResNet34_vd
-           "rec_mv3_tps_bilstm_ctc.yml": 1_560_569}  # STAR-Net (TPS 108,782 with its ex_fc)
+           "rec_mv3_tps_bilstm_ctc.yml": 1_560_569,  # STAR-Net (TPS 108,782 with its ex_fc)
+           # PaddleOCR 2.7's own model built in paddle 3.0: 4,807,105 less 192 BN statistics
+           "rec_svtrnet_ch.yml": 4_806_913}  # SVTR-Tiny-ch, 6,625 classes, 32x320
 
 
 def test_every_shipped_config_is_listed_here():

@@ -393,3 +393,62 @@ def test_full_rec_chain_and_infer_mode():
         build_transforms([{"FancyAug": None}], cs, G)
     with pytest.raises(ValueError, match="RecAug.*blurr_prob"):
         build_transforms([{"RecAug": {"blurr_prob": 0.1}}], cs, G)
+
+
+def test_rec_con_aug_joins_lines_as_paddleocr():
+    """PaddleOCR's RecConAug: each ext sample resized to the line height and appended while
+    the joined aspect ratio stays within W/H and the label within max_text_length."""
+    from jaxocr.data.transforms import RecConAug
+    rng = np.random.default_rng(0)
+    img = lambda h, w: rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    first = img(32, 64)
+    ext = [{"image": img(32, 96), "label": "cd"}, {"image": img(16, 48), "label": "ef"},
+           {"image": img(32, 100), "label": "gh"}]  # ratios 2 + 3 + 3 fit 10; + 3.125 not
+    join = RecConAug(prob=1.0, image_shape=[32, 320, 3], ext_data_num=3)
+    out = join({"image": first, "label": "ab", "ext_data": [dict(e) for e in ext]},
+               np.random.default_rng(0))
+    assert "ext_data" not in out and out["label"] == "abcdef"
+    assert out["image"].shape == (32, 64 + 96 + 96, 3)
+    assert np.array_equal(out["image"][:, :160], np.concatenate([first, ext[0]["image"]], 1))
+    assert np.array_equal(out["image"][:, 160:], cv2.resize(ext[1]["image"], (96, 32)))
+    short = RecConAug(prob=1.0, image_shape=[32, 320, 3], max_text_length=5, ext_data_num=3)
+    assert short({"image": first, "label": "ab", "ext_data": [dict(e) for e in ext]},
+                 np.random.default_rng(0))["label"] == "abcd"
+    never = RecConAug(prob=0.0, ext_data_num=3)
+    kept = never({"image": first, "label": "ab", "ext_data": ext}, np.random.default_rng(0))
+    assert kept["image"] is first and kept["label"] == "ab" and "ext_data" not in kept
+    # half the samples at PaddleOCR's prob 0.5
+    half = RecConAug(prob=0.5, ext_data_num=1)
+    joined = sum(half({"image": first, "label": "ab", "ext_data": [dict(ext[0])]},
+                      np.random.default_rng(s))["label"] != "ab" for s in range(400))
+    assert 160 < joined < 240
+
+
+def test_rec_con_aug_draws_its_ext_data_from_the_set_and_the_sample_seed(tmp_path):
+    """The pipeline fetches ext_data_num other samples through the first ext_op_transform_idx
+    ops, as SimpleDataSet.get_ext_data; the same sample, epoch and seed give the same join."""
+    from jaxocr.data.pipeline import SampleMaker
+    label_file = write_label_file_dataset(tmp_path, 20, ALNUM, seed=0, min_len=2, max_len=4,
+                                          corrupt=3)
+    cs = CharacterDict()
+    source = build_source({"name": "SimpleDataSet", "data_dir": str(tmp_path),
+                           "label_file_list": [label_file]}, "train", cs, G, seed=1)
+    ops = [{"DecodeImage": {"img_mode": "BGR", "channel_first": False}},
+           {"RecConAug": {"prob": 1.0, "ext_data_num": 2, "image_shape": [32, 320, 3]}},
+           {"CTCLabelEncode": None},
+           {"SVTRRecResizeImg": {"image_shape": [3, 32, 320], "padding": True}},
+           {"KeepKeys": {"keep_keys": ["image", "label", "length"]}}]
+    transform = build_transforms(ops, cs, G, ext_op_transform_idx=1)
+    assert transform.ext_data_num == 2 and [type(op).__name__ for op in
+                                            transform.load_ops().ops] == ["DecodeImage"]
+    maker = SampleMaker(source, transform, seed=7, train=True)
+    lengths = [int(source.load(i)["label"].__len__()) for i in range(len(source))]
+    rows = [maker.load(i, 0) for i in range(len(source))]
+    again = [maker.load(i, 0) for i in range(len(source))]
+    for a, b in zip(rows, again):
+        assert np.array_equal(a["image"], b["image"]) and np.array_equal(a["label"], b["label"])
+    joined = [int(r["length"]) > n for r, n in zip(rows, lengths)]
+    assert sum(joined) >= len(rows) // 2  # (short lines: most have room for two more)
+    assert all(int(r["length"]) <= 25 for r in rows)
+    other_epoch = [int(maker.load(i, 1)["length"]) for i in range(len(source))]
+    assert other_epoch != [int(r["length"]) for r in rows]

@@ -25,7 +25,7 @@ SMALL_SYNTHETIC = [
     "Global.use_tensorboard=false"]
 
 UPSTREAM = ["rec_mv3_none_bilstm_ctc.yml", "rec_mv3_tps_bilstm_ctc.yml",
-            "rec_r34_vd_none_bilstm_ctc.yml"]
+            "rec_r34_vd_none_bilstm_ctc.yml", "rec_svtrnet_ch.yml"]
 
 
 def test_every_upstream_config_is_walked_here_or_in_test_svtr():

@@ -117,8 +117,25 @@ class SampleMaker:
     def _transform(self, index: int, epoch: int, attempt: int, rng) -> dict:
         if rng is None and self.transform.random:
             rng = sample_rng(self.seed, epoch, index, attempt)
-        sample = self.transform(self.source.load(index), rng)
+        sample = self.source.load(index)
+        if getattr(self.transform, "ext_data_num", 0):
+            sample = {**sample, "ext_data": self._ext_data(rng)}
+        sample = self.transform(sample, rng)
         return sample if self.finalize is None else self.finalize(sample)
+
+    def _ext_data(self, rng) -> list[dict]:
+        """PaddleOCR's SimpleDataSet.get_ext_data: `ext_data_num` random samples of the set
+        through the transform's load ops, an unreadable one replaced by another draw (at most
+        MAX_SUBSTITUTES draws per sample wanted; fewer are joined when they run out)."""
+        load, wanted, out = self.transform.load_ops(), self.transform.ext_data_num, []
+        for _ in range(MAX_SUBSTITUTES * wanted):
+            if len(out) == wanted:
+                break
+            try:
+                out.append(load(self.source.load(int(rng.integers(self.size))), rng))
+            except BadSample:
+                continue
+        return out
 
     def _warn(self, index: int, error: Exception):
         self._failures += 1
@@ -307,8 +324,9 @@ class Loader:
         self.epoch_num = int(g.get("epoch_num", 1))
         self.source = build_source(section["dataset"], mode.lower(), charset, g, self.seed,
                                    max_ctc_steps=max_ctc_steps, label_filter=label_filter)
-        self.transform = transform or build_transforms(section["dataset"].get("transforms") or [],
-                                                       charset, g)
+        self.transform = transform or build_transforms(
+            section["dataset"].get("transforms") or [], charset, g,
+            ext_op_transform_idx=section["dataset"].get("ext_op_transform_idx", 2))
         loader = section["loader"]
         self.shuffle = bool(loader["shuffle"]) and mode == "Train"
         self.drop_last = bool(loader["drop_last"]) if mode == "Train" else False

@@ -58,9 +58,10 @@ Checkpointer(save_dir)
     close(state=None, meta=None): wait, then close the managers.
     path(kind, step) -> str: where a kind's step lives.
     With several processes, save/poll/wait/close must be called at the same steps on every
-    process (the loop does): while a save is in flight each poll agrees on its outcome with one
-    tiny all-gather (none when no save is pending, none ever with one process), so every
-    process logs, retries and raises at the same step.
+    process (the loop does): while a save is in flight each poll agrees on its outcome through
+    the coordination service's key-value store (nothing when no save is pending or with one
+    process), so every process logs, retries and raises at the same step. Orbax's own barriers
+    go through the coordination service too, never through a device all-reduce.
 Cadence(every_steps=0, every_minutes=0.0, start_step=0)
     due(global_step) -> bool: the loop calls it after every step (the same steps on every
     process; a minute check it skips is made at the next call); True on the step grid
@@ -107,6 +108,23 @@ def _write_from_one_replica():
 
 
 _write_from_one_replica()
+
+
+# Orbax's barriers are, by default, an all-reduce on every device (gloo on CPU, NCCL on GPU),
+# some run from its background save thread beside the train step's own collectives; a process
+# that reaches one late (a slower write, a loaded host) fails the save when gloo's rendezvous
+# deadline passes, or the two programs' order differs between processes. Its flag routes them
+# through the coordination service's barrier instead (with orbax's timeout).
+def _barriers_through_the_coordination_service():
+    from absl import flags
+    try:
+        flag = flags.FLAGS["experimental_orbax_use_distributed_barrier"]
+    except KeyError:  # an orbax without the flag: its barriers as they are
+        return
+    flag.value, flag.present = True, 1  # readable without parsing the command line
+
+
+_barriers_through_the_coordination_service()
 
 LATEST, BEST, SNAPSHOTS = "latest", "best_accuracy", "snapshots"
 KINDS = {"latest": LATEST, "best": BEST, "snapshot": SNAPSHOTS}  # kind -> sub-directory
@@ -436,12 +454,12 @@ RUNNING, DONE, FAILED = 0, 1, 2
 
 
 def _gather(code: int) -> list[int]:
-    """Every process's status code (a collective when there are several processes)."""
+    """Every process's status code, through the coordination service's key-value store (no
+    device collective: a process that arrives late waits there, not in a gloo deadline)."""
     if jax.process_count() == 1:
         return [code]
-    from jax.experimental import multihost_utils
-    return [int(c) for c in np.asarray(
-        multihost_utils.process_allgather(np.asarray(code, np.int32))).reshape(-1)]
+    from jaxocr.distributed import every_process
+    return [int(c) for c in every_process(code)]
 
 
 def _agree(code: int) -> int:
@@ -587,6 +605,9 @@ def _from_process_0(values: np.ndarray) -> np.ndarray:
     if jax.process_count() == 1:
         return np.asarray(values)
     from jax.experimental import multihost_utils
+
+    from jaxocr.distributed import arrive_together
+    arrive_together("cadence")
     return np.asarray(multihost_utils.broadcast_one_to_all(np.asarray(values, np.float32)))
 
 

@@ -5,7 +5,9 @@ shapes, and a task with phases (ATSS, then TAL) has one program per phase. Compi
 its first batch arrives stalls training once per shape, at random points in the first
 epochs; here every shape of a phase is submitted to background threads when the phase starts
 (XLA compiles with the GIL released), the step waits only for the program it needs, and JAX's
-persistent compilation cache makes a restart's compiles cache reads.
+persistent compilation cache makes a restart's compiles cache reads. With several processes,
+each program's first run waits until every process has it compiled: their compile times may
+differ by more than the 30 s gloo waits for a peer when it sets up the step's all-reduce.
 """
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import jax
+
+from jaxocr.distributed import arrive_together
 
 log = logging.getLogger("jaxocr")
 
@@ -46,6 +50,7 @@ class CompiledSteps:
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="compile-ahead")
         self._steps: dict = {}       # phase -> jitted step
         self._programs: dict = {}    # (phase, shape_key) -> Future of a Compiled
+        self._ran: set = set()       # the programs run at least once
 
     def prepare(self, phase) -> None:
         """Submit every batch shape of `phase` (once)."""
@@ -73,10 +78,15 @@ class CompiledSteps:
     def program(self, phase, batch: dict):
         """The compiled step for `batch` in `phase` (waits for its compile)."""
         self.prepare(phase)
-        future = self._programs.get((phase, shape_key(batch)))
+        key = (phase, shape_key(batch))
+        future = self._programs.get(key)
         if future is None:
             future = self._submit(phase, abstract(batch))
-        return future.result()
+        compiled = future.result()
+        if key not in self._ran:
+            self._ran.add(key)
+            arrive_together("the first run of a train step")
+        return compiled
 
     def __call__(self, phase, state, batch):
         return self.program(phase, batch)(state, batch)

@@ -12,6 +12,7 @@ This package holds the registry `OPS` (the recognition and the DB detection ops)
     common       BadSample, DecodeImage, KeepKeys, NormalizeImage, ToCHWImage (operators.py)
     rec_aug      RecAug and the TIA / blur / jitter / noise helpers (rec_img_aug.py)
     svtr_aug     SVTRRecAug: geometry, deterioration, colour jitter (rec_img_aug.py, abinet_aug.py)
+    rec_concat   RecConAug: other samples of the set joined on (rec_img_aug.py)
     rec_label    CTCLabelEncode (label_ops.py)
     rec_resize   RecResizeImg, SVTRRecResizeImg (rec_img_aug.py)
     det_label    DetLabelEncode (label_ops.py), pad_polygons
@@ -48,6 +49,7 @@ from jaxocr.data.transforms.det_maps import MakeBorderMap, MakeShrinkMap
 from jaxocr.data.transforms.det_resize import (DetPadToBucket, DetResizeForTest, pad_to_bucket,
                                                shape_buckets)
 from jaxocr.data.transforms.rec_aug import RecAug, jitter
+from jaxocr.data.transforms.rec_concat import RecConAug
 from jaxocr.data.transforms.rec_label import CTCLabelEncode
 from jaxocr.data.transforms.svtr_aug import SVTRRecAug
 from jaxocr.data.transforms.rec_resize import (RecResizeImg, SVTRRecResizeImg, resize_img,
@@ -57,7 +59,7 @@ __all__ = [
     "op_options",
     "OPS", "REC_OPS", "DET_OPS", "Compose", "build_transforms", "BadSample", "LABEL_KEYS",
     "INTERNAL_KEYS", "DecodeImage", "KeepKeys", "NormalizeImage", "ToCHWImage", "normalize",
-    "RecAug", "jitter", "SVTRRecAug", "CTCLabelEncode", "RecResizeImg", "SVTRRecResizeImg", "resize_img",
+    "RecAug", "jitter", "SVTRRecAug", "RecConAug", "CTCLabelEncode", "RecResizeImg", "SVTRRecResizeImg", "resize_img",
     "resize_norm_img", "DetLabelEncode", "pad_polygons", "IaaAugment", "EastRandomCropData",
     "crop_area", "MakeBorderMap", "MakeShrinkMap", "DetResizeForTest", "DetPadToBucket",
     "pad_to_bucket", "shape_buckets",
@@ -80,6 +82,10 @@ REC_OPS: dict[str, tuple[Callable, set[str]]] = {
     "RecAug": (lambda kw, c, g: RecAug(**kw),
                {"tia_prob", "crop_prob", "reverse_prob", "noise_prob", "jitter_prob",
                 "blur_prob", "hsv_aug_prob", "use_tia", "aug_prob", "hsv_delta", "noise_var"}),
+    # Global.max_text_length wins over the op's, as PaddleOCR merges Global into every op
+    "RecConAug": (lambda kw, c, g: RecConAug(**{**kw, **{k: g[k] for k in ("max_text_length",)
+                                                         if k in g}}),
+                  {"prob", "image_shape", "max_text_length", "ext_data_num"}),
     "SVTRRecAug": (lambda kw, c, g: SVTRRecAug(**kw),
                    {"aug_type", "geometry_p", "deterioration_p", "colorjitter_p"}),
     "CTCLabelEncode": (_ctc, {"max_text_length", "character_dict_path", "use_space_char"}),
@@ -118,11 +124,19 @@ OPS: dict[str, tuple[Callable, set[str]]] = {**REC_OPS, **DET_OPS}
 
 class Compose:
     """`random`: whether any op draws from the rng (the pipeline builds a generator per sample
-    only then). `blank()`: the sample a masked row carries (zeros of every output key)."""
+    only then). `blank()`: the sample a masked row carries (zeros of every output key).
+    `ext_data_num`: how many other samples an op (RecConAug) joins on, which the pipeline puts
+    through `load_ops` (the list's first `ext_op_transform_idx` ops) into `ext_data`."""
 
-    def __init__(self, ops: list):
+    def __init__(self, ops: list, ext_op_transform_idx: int = 2):
         self.ops = ops
         self.random = any(getattr(op, "random", False) for op in ops)
+        self.ext_data_num = next((op.ext_data_num for op in ops if hasattr(op, "ext_data_num")),
+                                 0)
+        self.ext_op_transform_idx = int(ext_op_transform_idx)
+
+    def load_ops(self) -> "Compose":
+        return Compose(self.ops[:self.ext_op_transform_idx])
 
     def blank(self) -> dict:
         data: dict = {}
@@ -157,18 +171,20 @@ def op_options(ops_cfg: list | None, *names: str) -> dict | None:
 
 
 def build_transforms(ops_cfg: list | None, charset: CharacterDict, global_cfg: dict | None = None,
-                     infer: bool = False) -> Callable[[dict, np.random.Generator], dict]:
+                     infer: bool = False, ext_op_transform_idx: int = 2
+                     ) -> Callable[[dict, np.random.Generator], dict]:
     """The YAML `transforms:` list -> fn(sample, rng) -> sample.
 
-    infer=True drops the label ops (`*LabelEncode`) and label keys from KeepKeys, as
-    PaddleOCR's infer_rec.py does.
+    infer=True drops the label ops (`*LabelEncode`), label keys from KeepKeys and RecConAug
+    (it joins training samples), as PaddleOCR's infer_rec.py does the first two.
+    `ext_op_transform_idx`: the dataset's key of that name (see Compose).
     """
     g = global_cfg or {}
     ops = []
     for name, kwargs in op_entries(ops_cfg):
         if name not in OPS:
             raise ConfigError(f"unknown transform op {name!r}; known: {sorted(OPS)}")
-        if infer and name.endswith("LabelEncode"):
+        if infer and (name.endswith("LabelEncode") or name == "RecConAug"):
             continue
         if infer and name == "KeepKeys":
             kwargs["keep_keys"] = [k for k in kwargs.get("keep_keys") or []
@@ -179,4 +195,4 @@ def build_transforms(ops_cfg: list | None, charset: CharacterDict, global_cfg: d
             ops.append(factory(kwargs, charset, g))
         except TypeError as e:  # a required option missing
             raise ConfigError(f"transform {name}: {e}") from None
-    return Compose(ops)
+    return Compose(ops, ext_op_transform_idx)
