@@ -84,6 +84,9 @@ TASK_KEYS = {
     },
 }
 TASK_POSTPROCESS = {"rec": "CTCLabelDecode", "det": "DBPostProcess", "yolo": "MultiClassNMS"}
+# The losses, hence the model families, each PaddleOCR model_type trains here
+TASK_LOSSES = {"rec": ({"CTCLoss"}, "CTC recognisers (CRNN, Rosetta, STAR-Net, SVTR)"),
+               "det": ({"DBLoss"}, "DB")}
 KNOWN["Eval.loader"] = KNOWN["Train.loader"]
 
 # PaddleOCR keys with no meaning in jaxocr: accepted, ignored with one info line.
@@ -203,6 +206,12 @@ def validate(cfg: dict) -> None:
     if model_type not in TASK_KEYS:
         raise ConfigError(f"Architecture.model_type: {model_type!r} is not supported; known: "
                           f"{', '.join(TASK_KEYS)}")
+    loss = (cfg.get("Loss") or {}).get("name")
+    if model_type in TASK_LOSSES and loss is not None and loss not in TASK_LOSSES[model_type][0]:
+        algorithm = cfg["Architecture"].get("algorithm", "?")
+        raise ConfigError(f"Architecture.algorithm {algorithm} (Loss.name: {loss}) is not a "
+                          f"model jaxocr trains; for model_type {model_type} it trains "
+                          f"{TASK_LOSSES[model_type][1]}")
     for path, allowed in {**KNOWN, **TASK_KEYS[model_type]}.items():
         node = _get(cfg, path)
         if node is None:
