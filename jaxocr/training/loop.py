@@ -256,6 +256,7 @@ def train(cfg: dict, mesh=None) -> dict:
 
     check_same_config(config_hash(cfg))
     if g.get("pretrained_model"):  # before anything is built: a wrong path fails at once
+        g["pretrained_model"] = checkpoint.package_file(str(g["pretrained_model"]))
         checkpoint.check_pretrained(g["pretrained_model"],
                                     g.get("pretrained_key") or "Global.pretrained_model")
 
