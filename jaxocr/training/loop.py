@@ -107,7 +107,8 @@ class Components:
         return make_eval_step(self.model, self.mesh, self.objective, self.dtype)
 
     def restore_for_inference(self, image_shape):
-        """Params and BN stats from `Global.checkpoints`, replicated over the mesh; the
+        """Params and BN stats from `Global.checkpoints` (or `pretrained_model`: a jaxocr
+        checkpoint or an ONNX export of PaddleOCR's model), replicated over the mesh; the
         optimizer section of the config plays no part."""
         g = self.cfg["Global"]
         path = g.get("checkpoints") or checkpoint.paddle_weights_path(
@@ -118,8 +119,13 @@ class Components:
         variables = init_variables(self.model, image_shape, int(self.cfg["Global"]["seed"]))
         variables = {"params": variables["params"],
                      "batch_stats": variables.get("batch_stats", {})}
-        variables, meta = checkpoint.restore_weights(path, variables, self.repl,
-                                                     self.ema_decay)
+        path = checkpoint.package_file(str(path))
+        if path.endswith(".onnx"):  # PaddleOCR's own model, as its ONNX export holds it
+            variables = checkpoint.load_pretrained(path, variables, self.model, image_shape)
+            variables, meta = jax.device_put(variables, self.repl), {"global_step": 0}
+        else:
+            variables, meta = checkpoint.restore_weights(path, variables, self.repl,
+                                                         self.ema_decay)
         state = TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
                            batch_stats=variables["batch_stats"], opt_state=(),
                            rng=jax.random.PRNGKey(0))
