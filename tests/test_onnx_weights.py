@@ -154,3 +154,41 @@ def test_eval_script_evaluates_paddleocrs_model_from_its_onnx_file(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     got = json.loads((tmp_path / "m.json").read_text())
     assert got["samples"] == 16 and got["norm_edit_dis"] > 0.4, got
+
+
+def test_imported_ppocrv3_det_student_gives_onnxruntimes_map_and_finds_text():
+    """PP-OCRv3's DB student (`rapidocr-onnxruntime==1.2.13`'s ch_PP-OCRv3_det_infer.onnx)
+    onto configs/det/ch_PP-OCRv3/ch_PP-OCRv3_det_student.yml: every layer of the file loads,
+    the training-only threshold branch is left as initialised and listed, and the probability
+    map equals onnxruntime's, on noise and on rendered scenes, where it marks the words."""
+    import cv2
+    import onnxruntime as ort
+    from jaxocr.data.synth_scenes import SynthTextScene
+    spec = importlib.util.find_spec("rapidocr_onnxruntime")
+    path = spec and os.path.join(os.path.dirname(spec.origin), "models",
+                                 "ch_PP-OCRv3_det_infer.onnx")
+    if not path or not os.path.isfile(path):
+        pytest.skip("PaddleOCR's ONNX weights: pip install --no-deps "
+                    "rapidocr-onnxruntime==1.2.13 (make test does)")
+    cfg = load_config(os.path.join(ROOT, "configs/det/ch_PP-OCRv3/ch_PP-OCRv3_det_student.yml"),
+                      ["Global.pretrained_model="])
+    model = build_model(cfg["Architecture"])
+    variables, report = import_weights(model, init_variables(model, (320, 320, 3), 0),
+                                       (320, 320, 3), path)
+    assert report["loaded"] == 123
+    assert report["left"] == [f"head/thresh/{n}" for n in
+                              ("conv1", "conv_bn1", "conv2", "conv_bn2", "conv3")]
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    noise = np.random.default_rng(0).uniform(-2, 2, (1, 160, 224, 3)).astype(np.float32)
+    scenes = SynthTextScene(2, seed=3, image_size=(320, 320), dont_care_prob=0.0)
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    for k, x in enumerate([noise] + [((scenes.scene(i)["image"] / 255.0 - mean) / std)[None]
+                                     .astype(np.float32) for i in range(2)]):
+        ours = np.asarray(model.apply(variables, jnp.asarray(x), train=False)["maps"])[..., 0]
+        theirs = session.run(None, {"x": x.transpose(0, 3, 1, 2)})[0][:, 0]
+        assert np.abs(ours - theirs).max() < 1e-4
+        if k:  # a trained detector: the words lit, the background dark
+            mask = np.zeros(ours.shape[1:], np.uint8)
+            for word in scenes.scene(k - 1)["words"]:
+                cv2.fillPoly(mask, [np.round(np.array(word["points"])).astype(np.int32)], 1)
+            assert ours[0][mask == 1].mean() > 0.2 and ours[0][mask == 0].mean() < 0.01
