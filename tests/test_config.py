@@ -115,7 +115,8 @@ SHIPPED = {"rec_mv3_none_bilstm_ctc.yml": 1_451_787, "quickstart_crnn.yml": 1_45
            "rec_mv3_none_none_ctc.yml": 795_819,  # Rosetta
            "rec_svtrnet_ch.yml": 4_806_913,  # SVTR-Tiny-ch, 6,625 classes, 32x320
            "ch_ppocr_v2.0/rec_chinese_lite_train_v2.0.yml": 1_081_377,  # the Chinese-lite CRNN
-           "quickstart_chinese_lite.yml": 1_081_377}
+           "quickstart_chinese_lite.yml": 1_081_377,
+           "ch_PP-OCRv2/ch_PP-OCRv2_rec.yml": 2_066_433}  # MobileNetV1Enhance + BiLSTM 64
 
 
 def shipped_rec_configs() -> list[str]:

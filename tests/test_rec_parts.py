@@ -120,3 +120,23 @@ def test_tps_loc_lr_scales_its_localisation_net_and_ex_fc_stays_zero():
     np.testing.assert_allclose(tenth["backbone"]["conv"]["kernel"],
                                full["backbone"]["conv"]["kernel"])
     assert np.abs(np.asarray(full["backbone"]["conv"]["kernel"])).min() > 0
+
+
+@pytest.mark.parametrize("options,shape,out", [
+    ({}, (32, 320), (1, 1, 80, 512)),  # PP-OCRv2 (ch_PP-OCRv2_rec.yml)
+    ({"last_conv_stride": [1, 2], "last_pool_type": "avg"}, (48, 320), (1, 1, 40, 512)),  # v3
+])
+def test_mobilenet_v1_enhance_has_paddleocrs_count_and_shapes(options, shape, out):
+    """PaddleOCR's rec_mv1_enhance.py at scale 0.5: 1,016,160 parameters either way (its layers
+    summed, BN statistics aside); outputs as Paddle's (and, checked once against paddle 3.0 with
+    shared random weights, the same values to 1.4e-6)."""
+    from jaxocr.models.backbones.mobilenet_v1_enhance import MobileNetV1Enhance
+    model = MobileNetV1Enhance(scale=0.5, **options)
+    x = jax.ShapeDtypeStruct((1, *shape, 3), jnp.float32)
+    y, variables = jax.eval_shape(lambda x: model.init_with_output(
+        jax.random.PRNGKey(0), x, train=False), x)
+    assert y.shape == out and model.out_channels == 512
+    assert sum(int(np.prod(p.shape)) for p in jax.tree.leaves(variables["params"])) == 1_016_160
+    with pytest.raises(ValueError, match="last_pool_type must be max or avg"):
+        MobileNetV1Enhance(last_pool_type="min").init(jax.random.PRNGKey(0),
+                                                      jnp.zeros((1, 32, 64, 3)), train=False)

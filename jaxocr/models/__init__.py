@@ -34,6 +34,7 @@ from flax import linen as nn
 from jaxocr.config import ConfigError
 from jaxocr.models.backbones.cspresnet import CSPResNet
 from jaxocr.models.backbones.mobilenet_v3 import MobileNetV3, MobileNetV3Det
+from jaxocr.models.backbones.mobilenet_v1_enhance import MobileNetV1Enhance
 from jaxocr.models.backbones.rec_resnet_vd import ResNet
 from jaxocr.models.backbones.svtrnet import SVTRNet
 from jaxocr.models.heads.ctc import CTCHead
@@ -47,7 +48,8 @@ from jaxocr.models.transforms.tps import TPS
 
 TRANSFORMS: dict[str, type[nn.Module]] = {"STN_ON": STN_ON, "TPS": TPS}
 REC_BACKBONES: dict[str, type[nn.Module]] = {"MobileNetV3": MobileNetV3, "SVTRNet": SVTRNet,
-                                             "ResNet": ResNet}
+                                             "ResNet": ResNet,
+                                             "MobileNetV1Enhance": MobileNetV1Enhance}
 DET_BACKBONES: dict[str, type[nn.Module]] = {"MobileNetV3": MobileNetV3Det}
 YOLO_BACKBONES: dict[str, type[nn.Module]] = {"CSPResNet": CSPResNet}
 BACKBONES_BY_MODEL_TYPE: dict[str, dict[str, type[nn.Module]]] = {
