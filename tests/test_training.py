@@ -77,8 +77,12 @@ def test_train_log_reads_a_line_after_the_next_step_and_smooths_acc(caplog):
     accs = [0.0, 0.5, 1.0, 1.0]
     for a in accs:
         log.add({"loss": jax.numpy.asarray(1.0), "metric": jax.numpy.asarray([8 * a, 0.0, 8.0])})
-    context = {"epoch": 0, "step": 4, "lr": 0.1, "batch_cost": 0.5, "reader_cost": 0.0,
-               "eta": 0, "skipped": 0}
+    context = {"epoch": 0, "step": 4, "lr": 0.1, "steps": 4, "reader_cost": 0.0,
+               "steps_left": 8, "skipped": 0}
+    import re
+    import time
+    log.restart_clock()  # (as after an eval)
+    time.sleep(0.4)      # the 4 steps' device time, as reading their outputs waits for it
     with caplog.at_level("INFO", logger="jaxocr"):
         log.start_line(context)
         assert "global_step: 4" not in caplog.text  # copied to the host, not yet read
@@ -86,6 +90,10 @@ def test_train_log_reads_a_line_after_the_next_step_and_smooths_acc(caplog):
     assert "global_step: 4" in caplog.text
     assert log.last["acc"] == pytest.approx(1.0)  # the median of the last 3 steps' accuracy
     assert log.last["norm_edit_dis"] == pytest.approx(1.0) and log.last["lr"] == 0.1
+    # the batch cost runs from the previous line's finished steps to this line's
+    cost = float(re.search(r"avg_batch_cost: ([0-9.]+) s", caplog.text).group(1))
+    assert 0.1 <= cost < 0.2, caplog.text
+    assert "eta: 0:00:0" in caplog.text  # 8 steps left at ~0.1 s
 
 
 def test_corrupt_images_and_unknown_labels_are_skipped_and_counted(tmp_path):

@@ -193,6 +193,11 @@ class TrainLog:
         self.pending: list = []   # device outputs of the steps since the last line
         self.ready = None         # a line's outputs in flight to the host, with its context
         self.last: dict = {}
+        self.t_done = time.perf_counter()  # when the previous line's last step had finished
+
+    def restart_clock(self):
+        """After work outside the steps (an eval): the next line's time starts now."""
+        self.t_done = time.perf_counter()
 
     def add(self, out):
         self.pending.append(out)
@@ -209,7 +214,14 @@ class TrainLog:
             return
         outs, c = self.ready
         self.ready = None
-        for out in jax.device_get(outs):
+        outs = jax.device_get(outs)
+        # The line's steps have finished now (reading their outputs waited for them): its
+        # batch cost is device time, whatever the host dispatched ahead before an eval.
+        now = time.perf_counter()
+        c = {**c, "batch_cost": max(now - self.t_done, 1e-9) / c["steps"]}
+        c["eta"] = c["steps_left"] * c["batch_cost"]
+        self.t_done = now
+        for out in outs:
             self.windows["loss"].append(float(out["loss"]))
             if self.summarize:
                 for k, v in self.summarize(out["metric"]).items():
@@ -344,7 +356,7 @@ def train(cfg: dict, mesh=None) -> dict:
     bar = _progress(total_steps, global_step)
     epoch, offset = data_epoch, data_offset
     left = train_loader.steps_from(offset)
-    t_mark, wait_mark, steps_mark = time.perf_counter(), 0.0, 0
+    wait_mark, steps_mark = 0.0, 0
     stream = None
     if global_step < total_steps and data_epoch < epoch_num:
         stream = train_loader.stream(data_epoch, data_offset, comp.batch_sharding,
@@ -369,14 +381,12 @@ def train(cfg: dict, mesh=None) -> dict:
             bar.update(1)
         finished = global_step >= total_steps
         if global_step % print_every == 0 or end_of_epoch or finished:
-            now = time.perf_counter()
-            batch_cost = (now - t_mark) / steps_mark
             train_log.start_line({
                 "epoch": epoch, "step": global_step, "lr": float(schedule(global_step - 1)),
                 "epoch_step": steps_per_epoch - left - 1, "steps_per_epoch": steps_per_epoch,
-                "batch_cost": batch_cost, "reader_cost": (stream.wait_s - wait_mark) / steps_mark,
-                "eta": (total_steps - global_step) * batch_cost, "skipped": skipped})
-            t_mark, wait_mark, steps_mark = now, stream.wait_s, 0
+                "steps": steps_mark, "reader_cost": (stream.wait_s - wait_mark) / steps_mark,
+                "steps_left": total_steps - global_step, "skipped": skipped})
+            wait_mark, steps_mark = stream.wait_s, 0
             ckpt.poll(state, snapshot())
         eval_now = _eval_due(global_step, g["eval_batch_step"]) or (
             end_of_epoch and eval_epochs > 0 and (epoch + 1) % eval_epochs == 0)
@@ -391,7 +401,7 @@ def train(cfg: dict, mesh=None) -> dict:
                 best = {**cur, "best_epoch": epoch + 1, "global_step": global_step}
                 ckpt.save(state, snapshot(), kind="best")
             log.info("best metric, %s", _fmt(best))
-            t_mark = time.perf_counter()
+            train_log.restart_clock()
         if end_of_epoch:
             ckpt.save(state, snapshot())  # latest, every epoch, as PaddleOCR
             if save_epochs > 0 and (epoch + 1) % save_epochs == 0:
