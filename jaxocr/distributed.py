@@ -380,6 +380,7 @@ def check_same_config(config_digest: str):
     """Every process must run the same merged config; name the ones that differ."""
     every = every_process(int(np.frombuffer(
         hashlib.sha256(config_digest.encode()).digest()[:8], np.int64)[0]))
+    arrive_together("config check")  # every process has read them: each may now stop alone
     differ = [p for p, h in enumerate(every) if h != every[0]]
     if differ:
         raise LaunchError(f"processes {differ} run a different config than process 0 "
@@ -390,6 +391,7 @@ def check_same_start(step: int):
     """Every process must resume from the same checkpoint step (-1: none); each lists the
     run directory itself, and shared storage may show them different listings."""
     every = every_process(step)
+    arrive_together("start check")
     if (every != every[0]).any():
         raise LaunchError(f"processes resume from different steps {every.tolist()} (by process); "
                           "is save_model_dir shared by every host?")
