@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from jaxocr.models.layers import Conv, ConvBNLayer, hardsigmoid
+from jaxocr.models.backbones.mobilenet_v3 import SEModule
+from jaxocr.models.layers import ConvBNLayer
 
 Array = jax.Array
 
@@ -25,25 +26,6 @@ _BLOCKS = ((32, 32, 64, 32, 1, 3, False), (64, 64, 128, 64, 1, 3, False),
            (256, 256, 256, 256, 1, 3, False), (256, 256, 512, 256, (2, 1), 3, False),
            *((512, 512, 512, 512, 1, 5, False),) * 5,
            (512, 512, 1024, 512, (2, 1), 5, True))
-
-
-class SEModule(nn.Module):
-    """avgpool -> 1x1 C->C/4 (bias) -> ReLU -> 1x1 (bias) -> Paddle's default hardsigmoid
-    (slope 1/6, offset 0.5) -> scale the input."""
-
-    reduction: int = 4
-    conv_impl: str = "auto"
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: Array) -> Array:
-        c = x.shape[-1]
-        s = jnp.mean(x, axis=(1, 2), keepdims=True)
-        s = Conv(c // self.reduction, 1, use_bias=True, impl=self.conv_impl, dtype=self.dtype,
-                 name="conv1")(s)
-        s = Conv(c, 1, use_bias=True, impl=self.conv_impl, dtype=self.dtype,
-                 name="conv2")(nn.relu(s))
-        return x * hardsigmoid(s, slope=1.0 / 6.0, offset=0.5)
 
 
 class DepthwiseSeparable(nn.Module):
@@ -63,7 +45,8 @@ class DepthwiseSeparable(nn.Module):
                         self.kernel_size // 2, groups=-1, act="hardswish",
                         name="depthwise_conv", **kw)(x, train)
         if self.use_se:
-            x = SEModule(conv_impl=self.conv_impl, dtype=self.dtype, name="se")(x)
+            x = SEModule(slope=1.0 / 6.0, conv_impl=self.conv_impl, dtype=self.dtype,
+                         name="se")(x)
         return ConvBNLayer(self.out_channels, 1, 1, 0, act="hardswish", name="pointwise_conv",
                            **kw)(x, train)
 

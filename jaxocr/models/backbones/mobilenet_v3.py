@@ -139,9 +139,11 @@ def det_stages(model_name: str) -> list[list[int]]:
 
 
 class SEModule(nn.Module):
-    """Squeeze-excite: avgpool -> 1x1 C->C//4 (bias) -> ReLU -> 1x1 (bias) -> hardsigmoid(0.2, 0.5)."""
+    """Squeeze-excite: avgpool -> 1x1 C->C//4 (bias) -> ReLU -> 1x1 (bias) -> hardsigmoid(slope,
+    0.5). MobileNetV3's slope is 0.2; PP-LCNet's (MobileNetV1Enhance) is Paddle's default 1/6."""
 
     reduction: int = 4
+    slope: float = 0.2
     conv_impl: str = "auto"
     dtype: Any = jnp.float32
 
@@ -154,7 +156,7 @@ class SEModule(nn.Module):
                  name="conv1")(s)
         s = nn.relu(s)
         s = Conv(c, 1, use_bias=True, impl=self.conv_impl, dtype=self.dtype, name="conv2")(s)
-        return x * hardsigmoid(s, slope=0.2, offset=0.5)
+        return x * hardsigmoid(s, slope=self.slope, offset=0.5)
 
 
 class ResidualUnit(nn.Module):
