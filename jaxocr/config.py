@@ -65,7 +65,7 @@ KNOWN["Eval.dataset"] = KNOWN["Train.dataset"]
 # PostProcess each task decodes with.
 TASK_KEYS = {
     "rec": {
-        "Loss": {"name", "use_focal_loss"},
+        "Loss": {"name", "use_focal_loss", "loss_config_list", "weight_1", "weight_2"},
         "PostProcess": {"name", "character_dict_path", "use_space_char"},
         "Metric": {"name", "main_indicator", "ignore_space", "is_filter"},
     },
@@ -85,7 +85,9 @@ TASK_KEYS = {
 }
 TASK_POSTPROCESS = {"rec": "CTCLabelDecode", "det": "DBPostProcess", "yolo": "MultiClassNMS"}
 # The losses, hence the model families, each PaddleOCR model_type trains here
-TASK_LOSSES = {"rec": ({"CTCLoss"}, "CTC recognisers (CRNN, Rosetta, STAR-Net, SVTR)"),
+TASK_LOSSES = {"rec": ({"CTCLoss", "MultiLoss"},
+                       "CTC recognisers (CRNN, Rosetta, STAR-Net, SVTR; PP-OCRv3's SVTR-LCNet "
+                       "with its SAR branch, MultiLoss)"),
                "det": ({"DBLoss"}, "DB")}
 KNOWN["Eval.loader"] = KNOWN["Train.loader"]
 

@@ -5,9 +5,10 @@ model of the matching config.
 An export holds its weights in `Constant` nodes under Paddle's generated names, which say little
 of structure, so they are matched by position: the file's layers in the order its graph uses
 them against the model's layers in the order it creates them (PaddleOCR's order, which jaxocr's
-modules keep). A layer is a convolution or transposed convolution (weight, optional bias), a BatchNorm (scale, offset,
-mean, variance; not folded in these exports), a dense layer (MatMul weight, the bias its Add
-takes) or one direction of an LSTM. Paddle2ONNX rebuilds an LSTM's inputs from Paddle's own
+modules keep). A layer is a convolution or transposed convolution (weight, optional bias), a
+BatchNorm (scale, offset, mean, variance; not folded in these exports), a dense layer (MatMul
+weight, the bias its Add takes), a LayerNorm (written out as ReduceMean ... Sqrt, Div, then its
+scale's Mul and bias's Add) or one direction of an LSTM. Paddle2ONNX rebuilds an LSTM's inputs from Paddle's own
 per-direction tensors (gates reordered by Slice/Concat), so those tensors are read from behind
 that rewiring, in Paddle's gate order, which jaxocr's LSTM keeps. Training-only parts the export
 drops (a SAR branch, a DB threshold branch) are model layers left over at the end of a branch:
@@ -36,7 +37,7 @@ class OnnxWeightsError(ValueError):
 
 @dataclasses.dataclass
 class Layer:
-    kind: str                 # conv | bn | dense | lstm
+    kind: str                 # conv | bn | dense | ln | lstm
     arrays: list              # numpy arrays, in jaxocr's leaf order for that kind
     name: str                 # where it comes from (a file's tensor name, a model's path)
 
@@ -81,15 +82,20 @@ def read_layers(path: str) -> list[Layer]:
             name = producer[name].input[0]
         return consts.get(name)
 
+    def next_const(output, op):
+        """The constant an op's output meets next in an `op` node (Add: a bias written as a
+        separate Add; Mul: a LayerNorm's scale), flattened; None when there is none."""
+        for node in consumers.get(output, []):
+            if node.op_type == op:
+                for name in node.input:
+                    if name != output and const(name) is not None:
+                        return node, np.reshape(const(name), -1)
+        return None, None
+
     def added_bias(output):
         """The constant an op's output is added to next (Paddle2ONNX's bias of a Conv or
         MatMul written as a separate Add), flattened; None when there is none."""
-        for node in consumers.get(output, []):
-            if node.op_type == "Add":
-                for name in node.input:
-                    if name != output and const(name) is not None:
-                        return np.reshape(const(name), -1)
-        return None
+        return next_const(output, "Add")[1]
 
     def sources(name) -> list[str]:
         """The float constants a value is built from (depth first, in input order, each
@@ -118,6 +124,11 @@ def read_layers(path: str) -> list[Layer]:
             bias = (const(ins[2]) if op == "Gemm" and len(ins) > 2 and ins[2]
                     else added_bias(node.output[0]))
             layers.append(Layer("dense", [w] + ([] if bias is None else [bias]), ins[1]))
+        elif op == "Div" and ins[1] in producer and producer[ins[1]].op_type == "Sqrt":
+            # a LayerNorm written out: (x - mean) / sqrt(var + eps), then * scale + bias
+            mul, scale = next_const(node.output[0], "Mul")
+            bias = None if mul is None else added_bias(mul.output[0])
+            layers.append(Layer("ln", [scale, bias], node.name))
         elif op == "LSTM":
             w, r, b = sources(ins[1]), sources(ins[2]), sources(ins[3]) if len(ins) > 3 else []
             dirs = len(w)
@@ -157,8 +168,8 @@ def _creation_order(model, image_shape) -> list[tuple]:
 
 def model_layers(model, image_shape, params: dict, stats: dict) -> list[tuple[str, tuple, list]]:
     """(kind, module path, its variables' paths in the file's order) of every layer, in
-    creation order; kind "other" for parameters no export layer carries (a LayerNorm, an
-    embedding). `params` / `stats`: flattened."""
+    creation order; kind "other" for parameters no export layer carries (an embedding).
+    `params` / `stats`: flattened."""
     modules: dict[tuple, list] = {}
     for path in _creation_order(model, image_shape):
         modules.setdefault(path[:-1], []).append(path[-1])
@@ -170,6 +181,8 @@ def model_layers(model, image_shape, params: dict, stats: dict) -> list[tuple[st
         elif module + ("mean",) in stats:  # a BatchNorm: scale, offset, mean, variance
             out.append(("bn", module, [module + ("scale",), module + ("bias",),
                                        module + ("mean",), module + ("var",)]))
+        elif set(leaves) == {"scale", "bias"}:  # a LayerNorm
+            out.append(("ln", module, [module + ("scale",), module + ("bias",)]))
         elif "kernel" in leaves and set(leaves) <= {"kernel", "bias"}:
             kind = "conv" if len(np.shape(params[module + ("kernel",)])) == 4 else "dense"
             out.append((kind, module, [module + ("kernel",)] + [

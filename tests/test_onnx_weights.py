@@ -208,3 +208,61 @@ def test_imported_ppocrv3_det_student_gives_onnxruntimes_map_and_finds_text():
             for word in scenes.scene(k - 1)["words"]:
                 cv2.fillPoly(mask, [np.round(np.array(word["points"])).astype(np.int32)], 1)
             assert ours[0][mask == 1].mean() > 0.2 and ours[0][mask == 0].mean() < 0.01
+
+
+def _rapidocr_model(name):
+    spec = importlib.util.find_spec("rapidocr_onnxruntime")
+    path = spec and os.path.join(os.path.dirname(spec.origin), "models", name)
+    if not path or not os.path.isfile(path):
+        pytest.skip("PaddleOCR's ONNX weights: pip install --no-deps "
+                    "rapidocr-onnxruntime==1.2.13 (make test does)")
+    return path
+
+
+def test_imported_ppocrv3_rec_gives_onnxruntimes_logits_and_reads_as_it_does():
+    """PP-OCRv3's recogniser (`rapidocr-onnxruntime==1.2.13`'s ch_PP-OCRv3_rec_infer.onnx)
+    onto configs/rec/PP-OCRv3/ch_PP-OCRv3_rec.yml: every layer of the file loads (the SVTR
+    neck's LayerNorms among them), the training-only SAR branch is left as initialised and
+    listed, the file's dictionary is ppocr_keys_v1's, and the CTC logits equal onnxruntime's
+    on noise; on rendered Chinese lines both read the same text, mostly right."""
+    import onnx
+    import onnxruntime as ort
+    from jaxocr.data.synth import SynthTextLine
+    from jaxocr.data.transforms import resize_norm_img
+    from jaxocr.onnx_weights import metadata
+    from jaxocr.tasks.rec import RecTask
+    path = _rapidocr_model("ch_PP-OCRv3_rec_infer.onnx")
+    cfg = load_config(os.path.join(ROOT, "configs/rec/PP-OCRv3/ch_PP-OCRv3_rec.yml"),
+                      ["Train.dataset.name=SynthTextLine", "Eval.dataset.name=SynthTextLine"])
+    charset = RecTask(cfg).charset
+    model = build_model(cfg["Architecture"])
+    variables, report = import_weights(model, init_variables(model, (48, 320, 3), 0),
+                                       (48, 320, 3), path)
+    assert report["loaded"] == 82  # 36 convs, 32 BNs, 9 dense, 5 LayerNorms
+    assert [n for n in report["left"] if not n.startswith("head/sar_head/")] == []
+    assert len(report["left"]) == 10  # 4 LSTM layers, 5 linear / conv, the embedding
+    assert metadata(path)["character"].splitlines() == charset.characters[:-1]  # + space
+    graph = onnx.load(path)  # the logits too: the export ends in a softmax
+    last_softmax = [n for n in graph.graph.node if n.op_type == "Softmax"][-1]
+    graph.graph.output.append(onnx.helper.make_tensor_value_info(
+        last_softmax.input[0], onnx.TensorProto.FLOAT, None))
+    session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 48, 320, 3)).astype(np.float32)
+    _, logits = session.run(None, {"x": x.transpose(0, 3, 1, 2)})
+    _, inter = model.apply(variables, jnp.asarray(x), train=False, capture_intermediates=True,
+                           mutable=["intermediates"])
+    ours = np.asarray(inter["intermediates"]["head"]["ctc_head"]["fc"]["__call__"][0])
+    assert ours.shape == logits.shape == (2, 40, 6625)
+    assert np.abs(ours - logits).max() <= 1e-4 * np.abs(logits).max()
+
+    lines = SynthTextLine(charset.characters[:3000], 12, seed=0, min_len=4, max_len=8,
+                          fonts=[_cjk_font()])
+    images, texts = zip(*(lines.render(i) for i in range(12)))
+    x = np.stack([resize_norm_img(img, (3, 48, 320))[0] for img in images]).astype(np.float32)
+    theirs = session.run(None, {"x": x.transpose(0, 3, 1, 2)})[0]
+    mine = np.asarray(model.apply(variables, jnp.asarray(x), train=False))
+    read = lambda p: [t for t, _ in ctc_greedy_decode(p.argmax(-1), p.max(-1), charset)]
+    assert read(mine) == read(theirs)
+    similarity = np.mean([1 - Levenshtein.normalized_distance(a, b)
+                          for a, b in zip(read(mine), texts)])
+    assert similarity > 0.6, (similarity, read(mine), texts)

@@ -39,6 +39,7 @@ from jaxocr.models.backbones.rec_resnet_vd import ResNet
 from jaxocr.models.backbones.svtrnet import SVTRNet
 from jaxocr.models.heads.ctc import CTCHead
 from jaxocr.models.heads.db_head import DBHead
+from jaxocr.models.heads.multi_head import MultiHead
 from jaxocr.models.heads.ppyoloe_head import PPYOLOEHead
 from jaxocr.models.necks.custom_pan import CustomCSPPAN
 from jaxocr.models.necks.db_fpn import DBFPN, RSEFPN
@@ -58,7 +59,7 @@ BACKBONES = REC_BACKBONES  # the rec registry, under its old name
 NECKS: dict[str, type[nn.Module]] = {"SequenceEncoder": SequenceEncoder, "DBFPN": DBFPN,
                                      "RSEFPN": RSEFPN, "CustomCSPPAN": CustomCSPPAN}
 HEADS: dict[str, type[nn.Module]] = {"CTCHead": CTCHead, "DBHead": DBHead,
-                                     "PPYOLOEHead": PPYOLOEHead}
+                                     "PPYOLOEHead": PPYOLOEHead, "MultiHead": MultiHead}
 
 _REGISTRIES = {"Transform": TRANSFORMS, "Neck": NECKS, "Head": HEADS}
 _GLOBAL_FIELDS = ("bn_axis_name", "dtype", "conv_impl")
@@ -80,6 +81,23 @@ def part_class(section: str, cfg: dict, model_type: str = "rec") -> type[nn.Modu
     return registry[cfg["name"]]
 
 
+def construct(cls: type[nn.Module], cfg: dict, where: str, globals_: dict[str, Any]
+              ) -> nn.Module:
+    """`cls(**cfg)` with the `globals_` (bn_axis_name, dtype, conv_impl) it declares; a key it
+    does not accept or a missing required one is a ConfigError naming `where`."""
+    fields = {f.name for f in dataclasses.fields(cls)} - {"parent", "name"}
+    bad = sorted(k for k in cfg if k not in fields or k in _RESERVED)
+    if bad:
+        accepted = sorted(fields - _RESERVED)
+        raise ConfigError(f"{where}: unknown key(s) {bad}; accepted: {accepted}")
+    kwargs = {k: v for k, v in globals_.items() if k in fields}
+    kwargs.update(cfg)
+    try:
+        return cls(**kwargs)
+    except TypeError as e:  # missing required field, e.g. Head.out_channels
+        raise ConfigError(f"{where}: {e}") from e
+
+
 def _build_part(section: str, cfg: dict | None, globals_: dict[str, Any],
                 model_type: str = "rec") -> nn.Module | None:
     if cfg is None:
@@ -87,25 +105,15 @@ def _build_part(section: str, cfg: dict | None, globals_: dict[str, Any],
     cls = part_class(section, cfg, model_type)
     cfg = dict(cfg)
     name = cfg.pop("name")
-    fields = {f.name for f in dataclasses.fields(cls)} - {"parent", "name"}
-    bad = sorted(k for k in cfg if k not in fields or k in _RESERVED)
-    if bad:
-        accepted = sorted(fields - _RESERVED)
-        raise ConfigError(f"Architecture.{section} ({name}): unknown key(s) {bad}; "
-                         f"accepted: {accepted}")
-    kwargs = {k: v for k, v in globals_.items() if k in fields}
-    kwargs.update(cfg)
-    try:
-        return cls(**kwargs)
-    except TypeError as e:  # missing required field, e.g. Head.out_channels
-        raise ConfigError(f"Architecture.{section} ({name}): {e}") from e
+    return construct(cls, cfg, f"Architecture.{section} ({name})", globals_)
 
 
 class BaseModel(nn.Module):
     """Transform -> Backbone -> Neck -> Head, each optional but the backbone (Paddle's BaseModel).
 
     ``__call__(x, train)``: x is NHWC float (B, H, W, 3).  For a rec model the output is
-    (B, T, C): logits when ``train``, probabilities otherwise.  For a DB det model it is
+    (B, T, C): logits when ``train``, probabilities otherwise (PP-OCRv3's MultiHead trains
+    on a dict: ``{'ctc', 'ctc_neck', 'sar'}``).  For a DB det model it is
     ``{'maps': (B, H, W, 3)}`` (shrink, thresh, binary) when ``train``, ``{'maps': (B, H, W, 1)}``
     (shrink) otherwise; H and W multiples of 32. For PP-YOLOE (``model_type: yolo``) it is the
     head's dict (class logits, DFL logits, anchor points and strides; ppyoloe_head.py).
@@ -118,14 +126,16 @@ class BaseModel(nn.Module):
     model_type: str = "rec"
     algorithm: str = ""
 
-    def __call__(self, x: jax.Array, train: bool = False):
+    def __call__(self, x: jax.Array, train: bool = False, targets: dict | None = None):
+        """`targets`: the batch arrays a head trains on besides the image (MultiHead's SAR
+        branch: `label_sar`, `valid_ratio`); None for every other head."""
         if self.transform is not None:
             x = self.transform(x, train)
         x = self.backbone(x, train)
         if self.neck is not None:
             x = self.neck(x, train)
         if self.head is not None:
-            x = self.head(x, train)
+            x = self.head(x, train) if targets is None else self.head(x, train, targets)
         return x
 
 

@@ -99,6 +99,7 @@ ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
     "relu": nn.relu,
     "hardswish": hardswish,
     "hard_swish": hardswish,
+    "swish": nn.swish,
 }
 
 
@@ -302,11 +303,13 @@ class ConvBNLayer(nn.Module):
     bn_axis_name: str | None = None
     conv_impl: str = "auto"
     dtype: Dtype = jnp.float32
+    kernel_init: Callable | None = None  # None: Paddle's default (see Conv)
 
     @nn.compact
     def __call__(self, x: Array, train: bool) -> Array:
         groups = x.shape[-1] if self.groups == -1 else self.groups
         x = Conv(self.out_channels, self.kernel_size, self.stride, self.padding, groups,
-                 use_bias=False, impl=self.conv_impl, dtype=self.dtype, name="conv")(x)
+                 use_bias=False, impl=self.conv_impl, dtype=self.dtype,
+                 kernel_init=self.kernel_init, name="conv")(x)
         x = batch_norm(train, self.bn_axis_name, self.dtype, name="bn")(x)
         return get_activation(self.act)(x)

@@ -113,6 +113,10 @@ class DBObjective:
         self.loss_fn = loss_fn
         self.mean, self.std, self.scale = mean, std, scale
 
+    @staticmethod
+    def targets(batch):
+        return None  # the model sees only the images
+
     def inputs(self, batch, dtype):
         images = batch["image"]
         if images.dtype == jnp.uint8:

@@ -13,7 +13,9 @@ import jax.numpy as jnp
 from jaxocr.data.charset import CharacterDict
 from jaxocr.data.device_norm import normalize_rec_images
 from jaxocr.data.transforms import op_options
-from jaxocr.losses import build_loss
+from jaxocr.config import ConfigError
+from jaxocr.distributed import AXIS
+from jaxocr.losses import build_loss, multi_loss_parts, sar_token_losses
 from jaxocr.metrics import build_metric
 from jaxocr.metrics.rec_device import canonical_ids, rec_metric_sums
 from jaxocr.postprocess import best_path, ctc_greedy_decode, decode_labels
@@ -22,7 +24,10 @@ RESIZE_OPS = ("RecResizeImg", "SVTRRecResizeImg")
 
 
 def logits_of(outputs):
-    """A head may return (features, logits) in training (CTCHead's return_feats)."""
+    """The CTC logits of a head's output: CTCHead's return_feats gives (features, logits),
+    MultiHead's training output is a dict with them under 'ctc'."""
+    if isinstance(outputs, dict):
+        outputs = outputs["ctc"]
     return outputs[-1] if isinstance(outputs, (tuple, list)) else outputs
 
 
@@ -37,10 +42,16 @@ class CTCObjective:
 
     share_floor = 1e-12  # the real rows' share: the mean over devices, unclipped
 
-    def __init__(self, loss_fn, metric_table=None):
+    def __init__(self, loss_fn, metric_table=None, label_key: str = "label"):
         self.loss_fn = loss_fn
         self.metric_table = metric_table
         self.has_metric = metric_table is not None
+        self.label_key = label_key  # MultiLabelEncode writes the CTC label as label_ctc
+
+    @staticmethod
+    def targets(batch):
+        """What the model trains on besides the image: nothing."""
+        return None
 
     @staticmethod
     def inputs(batch, dtype):
@@ -52,20 +63,56 @@ class CTCObjective:
         return images.astype(dtype)
 
     def loss(self, outputs, batch, mask):
-        rows = self.loss_fn(logits_of(outputs), batch["label"], batch["length"])
-        loss = jnp.sum(rows * mask) / mask.shape[0]
-        return loss, jnp.mean(mask), self.metric(outputs, batch, mask)
+        return self.ctc_loss(outputs, batch, mask), jnp.mean(mask), self.metric(outputs, batch,
+                                                                                mask)
+
+    def ctc_loss(self, outputs, batch, mask):
+        rows = self.loss_fn(logits_of(outputs), batch[self.label_key], batch["length"])
+        return jnp.sum(rows * mask) / mask.shape[0]
 
     def metric(self, outputs, batch, mask):
         if self.metric_table is None:
             return None
         ids, _ = best_path(logits_of(outputs))
-        return rec_metric_sums(ids, batch["label"], batch["length"], mask, self.metric_table)
+        return rec_metric_sums(ids, batch[self.label_key], batch["length"], mask,
+                               self.metric_table)
 
     @staticmethod
     def predictions(outputs, batch=None):
         """Eval mode: the best path (ids, probabilities), the only arrays that leave the device."""
         return best_path(logits_of(outputs).astype(jnp.float32))
+
+
+class MultiLossObjective(CTCObjective):
+    """PP-OCRv3's MultiLoss: weight_1 * CTC (mean over the real rows, as CTCObjective) +
+    weight_2 * SAR (token cross-entropy, mean over the real tokens).
+
+    The SAR mean is over the tokens of the *global* batch, not Paddle's per-card mean averaged
+    over cards, so the loss does not depend on how the batch is split. The step divides the
+    all-reduced gradient by the mean row share S; each device therefore scales its token sum by
+    psum(share) / psum(tokens) = n S / K, and the mean over the n devices, divided by S, is the
+    sum over all tokens / K."""
+
+    def __init__(self, parts: dict, ignore_index: int, metric_table=None):
+        super().__init__(build_loss({"name": "CTCLoss", **parts["ctc"]}), metric_table,
+                         label_key="label_ctc")
+        self.weights = parts["weight_1"], parts["weight_2"]
+        self.ignore_index = int(ignore_index)
+
+    @staticmethod
+    def targets(batch):
+        return {"label_sar": batch["label_sar"], "valid_ratio": batch["valid_ratio"]}
+
+    def loss(self, outputs, batch, mask):
+        share = jnp.mean(mask)
+        tokens, counted = sar_token_losses(outputs["sar"], batch["label_sar"], self.ignore_index)
+        counted = counted * mask[:, None]
+        scale = jax.lax.stop_gradient(jax.lax.psum(share, AXIS) / jnp.maximum(
+            jax.lax.psum(jnp.sum(counted), AXIS), 1.0))
+        sar = jnp.sum(tokens * counted) * scale
+        ctc = self.ctc_loss(outputs, batch, mask)
+        total = self.weights[0] * ctc + self.weights[1] * sar
+        return total, share, self.metric(outputs, batch, mask)
 
 
 _STEPS: dict[tuple[str, tuple], int] = {}
@@ -95,8 +142,18 @@ class RecTask:
         self.cfg = cfg
         self.charset = CharacterDict.from_config(cfg["Global"])
         head = cfg["Architecture"].setdefault("Head", {})
+        self.label_key = "label"
         if head.get("name", "CTCHead") == "CTCHead":
             head["out_channels"] = self.charset.num_classes
+        elif head["name"] == "MultiHead":  # as Paddle's train.py fills it
+            n = len(self.charset)
+            head["out_channels_list"] = {"CTCLabelDecode": n + 1, "SARLabelDecode": n + 3}
+            self.sar_ignore_index = n + 2  # the padding token
+            self.label_key = "label_ctc"
+            self.device_keys = {
+                "Train": ("image", "valid_width", "label_ctc", "label_sar", "length",
+                          "valid_ratio", "mask"),
+                "Eval": self.device_keys["Eval"]}
         self.main_indicator = (cfg.get("Metric") or {}).get("main_indicator", "acc")
 
     def input_shape(self) -> tuple[int, int, int] | None:
@@ -123,7 +180,15 @@ class RecTask:
         table = None
         if self.cfg["Global"]["cal_metric_during_train"]:
             table = canonical_ids(self.charset, build_metric(self.cfg.get("Metric")))
-        return CTCObjective(build_loss(self.cfg.get("Loss")), table)
+        loss_cfg = self.cfg.get("Loss") or {}
+        multi = loss_cfg.get("name") == "MultiLoss"
+        if multi != (self.label_key == "label_ctc"):
+            raise ConfigError("Loss MultiLoss and Architecture.Head MultiHead go together "
+                              f"(PP-OCRv3); got Loss {loss_cfg.get('name')!r} with Head "
+                              f"{self.cfg['Architecture']['Head'].get('name')!r}")
+        if multi:
+            return MultiLossObjective(multi_loss_parts(loss_cfg), self.sar_ignore_index, table)
+        return CTCObjective(build_loss(loss_cfg), table)
 
     @staticmethod
     def summarize(sums) -> dict:
@@ -142,7 +207,7 @@ class RecTask:
 
     def labels(self, host: dict) -> list[str]:
         """The ground truth of a host batch, as text."""
-        return decode_labels(host["label"], host["length"], self.charset)
+        return decode_labels(host[self.label_key], host["length"], self.charset)
 
     def update_metric(self, metric, predictions, host: dict):
         preds = [text for text, _ in self.decode(predictions)]

@@ -74,6 +74,10 @@ class YOLOObjective:
         self.nms = {**NMS_DEFAULTS, **post}
         self.mean, self.std, self.scale = norm.mean, norm.std, float(norm.scale)
 
+    @staticmethod
+    def targets(batch):
+        return None  # the model sees only the images
+
     def inputs(self, batch, dtype):
         return normalize_det_images(batch["image"], self.mean, self.std, self.scale, None, dtype)
 

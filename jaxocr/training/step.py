@@ -106,7 +106,8 @@ def make_train_step(model, tx, objective, mesh, dtype=jnp.float32, sync_grads: b
     """Returns step(state, batch) -> (state, out).
 
     `objective` is the task's part of the step (tasks/rec.py's CTCObjective, tasks/det.py's
-    DBObjective): `inputs(batch, dtype)` the model's input, and
+    DBObjective): `inputs(batch, dtype)` the model's input, `targets(batch)` what else the
+    model trains on (PP-OCRv3's SAR labels) or None, and
     `loss(outputs, batch, mask) -> (loss, share, metric)`: this device's loss, its `share`
     of the real rows (the gradients are divided by the mean share over devices, which
     travels in the same all-reduce; the *summed* share is floored at the objective's
@@ -133,10 +134,13 @@ def make_train_step(model, tx, objective, mesh, dtype=jnp.float32, sync_grads: b
         mask = batch.get("mask")
         mask = jnp.ones(images.shape[0]) if mask is None else mask.astype(jnp.float32)
 
+        targets = objective.targets(batch)
+        extra = {} if targets is None else {"targets": targets}
+
         def compute_loss(params):
             outputs, updated = model.apply(
                 {"params": params, "batch_stats": state.batch_stats}, images, train=True,
-                mutable=["batch_stats"],
+                mutable=["batch_stats"], **extra,
                 rngs={"dropout": jax.random.fold_in(jax.random.fold_in(state.rng, state.step),
                                                     jax.lax.axis_index(AXIS))})
             loss, share, metric = objective.loss(outputs, batch, mask)

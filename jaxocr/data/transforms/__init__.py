@@ -13,7 +13,7 @@ This package holds the registry `OPS` (the recognition and the DB detection ops)
     rec_aug      RecAug and the TIA / blur / jitter / noise helpers (rec_img_aug.py)
     svtr_aug     SVTRRecAug: geometry, deterioration, colour jitter (rec_img_aug.py, abinet_aug.py)
     rec_concat   RecConAug: other samples of the set joined on (rec_img_aug.py)
-    rec_label    CTCLabelEncode (label_ops.py)
+    rec_label    CTCLabelEncode, MultiLabelEncode (label_ops.py)
     rec_resize   RecResizeImg, SVTRRecResizeImg (rec_img_aug.py)
     det_label    DetLabelEncode (label_ops.py), pad_polygons
     det_aug      IaaAugment (iaa_augment.py)
@@ -50,7 +50,7 @@ from jaxocr.data.transforms.det_resize import (DetPadToBucket, DetResizeForTest,
                                                shape_buckets)
 from jaxocr.data.transforms.rec_aug import RecAug, jitter
 from jaxocr.data.transforms.rec_concat import RecConAug
-from jaxocr.data.transforms.rec_label import CTCLabelEncode
+from jaxocr.data.transforms.rec_label import CTCLabelEncode, MultiLabelEncode
 from jaxocr.data.transforms.svtr_aug import SVTRRecAug
 from jaxocr.data.transforms.rec_resize import (RecResizeImg, SVTRRecResizeImg, resize_img,
                                                resize_norm_img)
@@ -59,7 +59,7 @@ __all__ = [
     "op_options",
     "OPS", "REC_OPS", "DET_OPS", "Compose", "build_transforms", "BadSample", "LABEL_KEYS",
     "INTERNAL_KEYS", "DecodeImage", "KeepKeys", "NormalizeImage", "ToCHWImage", "normalize",
-    "RecAug", "jitter", "SVTRRecAug", "RecConAug", "CTCLabelEncode", "RecResizeImg", "SVTRRecResizeImg", "resize_img",
+    "RecAug", "jitter", "SVTRRecAug", "RecConAug", "CTCLabelEncode", "MultiLabelEncode", "RecResizeImg", "SVTRRecResizeImg", "resize_img",
     "resize_norm_img", "DetLabelEncode", "pad_polygons", "IaaAugment", "EastRandomCropData",
     "crop_area", "MakeBorderMap", "MakeShrinkMap", "DetResizeForTest", "DetPadToBucket",
     "pad_to_bucket", "shape_buckets",
@@ -77,6 +77,11 @@ def _ctc(kw, charset, g):
     return CTCLabelEncode(charset, g.get("max_text_length", kw.get("max_text_length", 25)))
 
 
+def _multi(kw, charset, g):
+    return MultiLabelEncode(charset, g.get("max_text_length", kw.get("max_text_length", 25)),
+                            gtc_encode=kw.get("gtc_encode"))
+
+
 REC_OPS: dict[str, tuple[Callable, set[str]]] = {
     "DecodeImage": (_decode, {"img_mode", "channel_first", "ignore_orientation"}),
     "RecAug": (lambda kw, c, g: RecAug(**kw),
@@ -89,6 +94,8 @@ REC_OPS: dict[str, tuple[Callable, set[str]]] = {
     "SVTRRecAug": (lambda kw, c, g: SVTRRecAug(**kw),
                    {"aug_type", "geometry_p", "deterioration_p", "colorjitter_p"}),
     "CTCLabelEncode": (_ctc, {"max_text_length", "character_dict_path", "use_space_char"}),
+    "MultiLabelEncode": (_multi, {"max_text_length", "character_dict_path", "use_space_char",
+                                  "gtc_encode"}),
     "RecResizeImg": (lambda kw, c, g: RecResizeImg(**kw),
                      {"image_shape", "padding", "infer_mode", "character_dict_path",
                       "eval_mode"}),

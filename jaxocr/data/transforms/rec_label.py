@@ -47,3 +47,42 @@ class CTCLabelEncode:
         data["label"] = np.zeros(self.max_text_length, np.int32)
         data["length"] = np.int32(0)
         return data
+
+
+class MultiLabelEncode:
+    """PP-OCRv3's two labels of one text (PaddleOCR's MultiLabelEncode with SARLabelEncode):
+    `label_ctc` and `length` as CTCLabelEncode writes them, and `label_sar` = [start] + the
+    characters + [end], padded to max_text_length. SAR numbers the N dictionary characters
+    0..N-1 (a CTC id minus one), then unknown N, start/end N+1 and padding N+2. SAR rejects a
+    text of max_text_length - 1 characters or more (BadSample: the pipeline draws another, as
+    Paddle's loader does when an op returns None). The other keys pass through (Paddle keeps
+    only the image); `label` is replaced."""
+
+    def __init__(self, charset: CharacterDict, max_text_length: int, unknown_chars: str = "skip",
+                 gtc_encode: str | None = None):
+        if gtc_encode is not None:
+            raise ValueError(f"MultiLabelEncode: gtc_encode {gtc_encode!r} (NRTR) is not "
+                             "supported; PP-OCRv3's SAR branch (gtc_encode None) is")
+        self.ctc = CTCLabelEncode(charset, max_text_length, unknown_chars)
+        self.max_text_length = self.ctc.max_text_length
+        n = len(charset)
+        self.start_end, self.padding = n + 1, n + 2
+
+    def __call__(self, data: dict, rng=None) -> dict:
+        data = self.ctc(data)
+        n = int(data["length"])
+        if n >= self.max_text_length - 1:
+            raise BadSample(f"label of {n} characters is too long for SAR (max_text_length "
+                            f"{self.max_text_length} with its start and end tokens)")
+        return self._split(data, data["label"][:n] - 1, n)
+
+    def _split(self, data: dict, sar_ids: np.ndarray, n: int) -> dict:
+        sar = np.full(self.max_text_length, self.padding, np.int32)
+        sar[:n + 2] = [self.start_end, *sar_ids, self.start_end]
+        data["label_ctc"] = data.pop("label")
+        data["label_sar"] = sar
+        return data
+
+    def blank(self, data: dict) -> dict:
+        """A masked row: CTC all blank, SAR [start, end] and padding, length 0."""
+        return self._split(self.ctc.blank(data), np.zeros(0, np.int32), 0)

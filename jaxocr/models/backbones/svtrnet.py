@@ -80,9 +80,11 @@ class Attention(nn.Module):
     local_k: Sequence[int] = (7, 11)
     qkv_bias: bool = True
     dtype: Any = jnp.float32
+    attn_drop: float = 0.0
+    proj_drop: float = 0.0
 
     @nn.compact
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: Array, train: bool = False) -> Array:
         b, n, _ = x.shape
         hd = self.dim // self.num_heads
         qkv = Dense(3 * self.dim, self.qkv_bias, self.dtype, name="qkv")(x)
@@ -92,12 +94,19 @@ class Attention(nn.Module):
         if self.mixer == "Local":
             logits = logits + local_attention_mask(*self.hw, *self.local_k).astype(logits.dtype)
         attn = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
+        attn = nn.Dropout(self.attn_drop, deterministic=not train)(attn)
         out = jnp.einsum("bhqk,bhkd->bqhd", attn, v).reshape(b, n, self.dim)
-        return Dense(self.dim, True, self.dtype, name="proj")(out)
+        out = Dense(self.dim, True, self.dtype, name="proj")(out)
+        return nn.Dropout(self.proj_drop, deterministic=not train)(out)
+
+
+ACTIVATIONS = {"gelu": gelu, "swish": nn.swish}
 
 
 class Block(nn.Module):
-    """Pre-LN transformer block (prenorm False in Paddle's naming) with stochastic depth."""
+    """Pre-LN transformer block (prenorm False in Paddle's naming) with stochastic depth.
+    `drop` is Paddle's Block(drop=): dropout after the attention projection and in the MLP;
+    `act` the MLP's activation (GELU; Swish in PP-OCRv3's SVTR neck)."""
 
     dim: int
     num_heads: int
@@ -110,6 +119,9 @@ class Block(nn.Module):
     epsilon: float = 1e-6
     prenorm: bool = False
     dtype: Any = jnp.float32
+    drop: float = 0.0
+    attn_drop: float = 0.0
+    act: str = "gelu"
 
     def _drop_path(self, y: Array, train: bool) -> Array:
         if not train or self.drop_path == 0.0:
@@ -122,14 +134,18 @@ class Block(nn.Module):
     def __call__(self, x: Array, train: bool) -> Array:
         if self.mixer not in ("Global", "Local"):
             raise ValueError(f"SVTRNet mixer must be Global or Local, got {self.mixer!r}")
-        mixer = Attention(self.dim, self.num_heads, self.mixer, tuple(self.hw),
-                          tuple(self.local_k), self.qkv_bias, self.dtype, name="mixer")
+        attention = Attention(self.dim, self.num_heads, self.mixer, tuple(self.hw),
+                              tuple(self.local_k), self.qkv_bias, self.dtype, self.attn_drop,
+                              self.drop, name="mixer")
+        mixer = lambda y: attention(y, train)
         norm1 = layer_norm(self.epsilon, self.dtype, "norm1")
         norm2 = layer_norm(self.epsilon, self.dtype, "norm2")
+        act = ACTIVATIONS[self.act]
+        dropout = nn.Dropout(self.drop, deterministic=not train)
 
         def mlp(y):
-            y = gelu(Dense(int(self.dim * self.mlp_ratio), True, self.dtype, name="fc1")(y))
-            return Dense(self.dim, True, self.dtype, name="fc2")(y)
+            y = act(Dense(int(self.dim * self.mlp_ratio), True, self.dtype, name="fc1")(y))
+            return dropout(Dense(self.dim, True, self.dtype, name="fc2")(dropout(y)))
 
         if self.prenorm:  # Paddle's "prenorm" normalises after the residual sum
             x = norm1(x + self._drop_path(mixer(x), train))

@@ -10,7 +10,7 @@ module names ``lstm/layer_{l}_cell_fw|cell_bw`` mirror Paddle's state-dict keys
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +18,7 @@ from flax import linen as nn
 from jax import lax
 
 from jaxocr.models.layers import uniform_init
+from jaxocr.models.necks.svtr import EncoderWithSVTR
 
 Array = jax.Array
 
@@ -75,22 +76,26 @@ class LSTMDirection(nn.Module):
 
 
 class LSTM(nn.Module):
-    """``paddle.nn.LSTM(in, hidden, num_layers, direction)`` on batch-major input (B, T, C)."""
+    """``paddle.nn.LSTM(in, hidden, num_layers, direction, dropout)`` on batch-major input
+    (B, T, C); `dropout` applies in training to the input of every layer but the first."""
 
     hidden_size: int
     num_layers: int = 1
     direction: str = "forward"  # 'forward' | 'bidirectional' (Paddle also says 'bidirect')
     unroll: int = 8
     dtype: Any = jnp.float32
+    dropout: float = 0.0
 
     @nn.compact
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: Array, train: bool = False) -> Array:
         if self.direction not in ("forward", "bidirectional", "bidirect"):
             raise ValueError(f"LSTM direction must be 'forward' or 'bidirectional', "
                              f"got {self.direction!r}")
         bi = self.direction != "forward"
         kw = dict(hidden_size=self.hidden_size, unroll=self.unroll, dtype=self.dtype)
         for layer in range(self.num_layers):
+            if layer > 0:
+                x = nn.Dropout(self.dropout, deterministic=not train)(x)
             if bi:
                 fw = LSTMDirection(reverse=False, name=f"layer_{layer}_cell_fw", **kw)(x)
                 bw = LSTMDirection(reverse=True, name=f"layer_{layer}_cell_bw", **kw)(x)
@@ -109,24 +114,48 @@ def im2seq(x: Array) -> Array:
 
 
 class SequenceEncoder(nn.Module):
-    """PaddleOCR ``SequenceEncoder``: 'reshape' (Im2Seq only) or 'rnn' (Im2Seq + 2-layer BiLSTM)."""
+    """PaddleOCR ``SequenceEncoder``: 'reshape' (Im2Seq only), 'rnn' (Im2Seq + 2-layer BiLSTM)
+    or 'svtr' (EncoderWithSVTR on the feature map, then Im2Seq; its options below keep
+    EncoderWithSVTR's defaults)."""
 
     encoder_type: str = "rnn"
     hidden_size: int = 48
     unroll: int = 8
+    # encoder_type 'svtr'
+    dims: int = 64
+    depth: int = 2
+    hidden_dims: int = 120
+    use_guide: bool = False
+    num_heads: int = 8
+    qkv_bias: bool = True
+    mlp_ratio: float = 2.0
+    drop_rate: float = 0.1
+    attn_drop_rate: float = 0.1
+    drop_path: float = 0.0
+    kernel_size: Sequence[int] = (3, 3)
+    qk_scale: float | None = None
+    bn_axis_name: str | None = None
+    conv_impl: str = "auto"
     dtype: Any = jnp.float32
 
-    ENCODER_TYPES = ("reshape", "rnn")
+    ENCODER_TYPES = ("reshape", "rnn", "svtr")
 
     def out_channels(self, in_channels: int) -> int:
-        return in_channels if self.encoder_type == "reshape" else 2 * self.hidden_size
+        return {"reshape": in_channels, "rnn": 2 * self.hidden_size,
+                "svtr": self.dims}[self.encoder_type]
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
-        del train  # no dropout / BN in these encoders
         if self.encoder_type not in self.ENCODER_TYPES:
             raise ValueError(f"SequenceEncoder encoder_type {self.encoder_type!r} is not "
                              f"supported; known: {list(self.ENCODER_TYPES)}")
+        if self.encoder_type == "svtr":
+            x = EncoderWithSVTR(
+                self.dims, self.depth, self.hidden_dims, self.use_guide, self.num_heads,
+                self.qkv_bias, self.mlp_ratio, self.drop_rate, self.attn_drop_rate,
+                self.drop_path, tuple(self.kernel_size), self.qk_scale, self.bn_axis_name,
+                self.conv_impl, self.dtype, name="encoder")(x, train)
+            return im2seq(x)
         x = im2seq(x)
         if self.encoder_type == "reshape":
             return x
