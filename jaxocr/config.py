@@ -66,8 +66,10 @@ KNOWN["Eval.dataset"] = KNOWN["Train.dataset"]
 TASK_KEYS = {
     "rec": {
         "Loss": {"name", "use_focal_loss", "loss_config_list", "weight_1", "weight_2"},
-        "PostProcess": {"name", "character_dict_path", "use_space_char"},
-        "Metric": {"name", "main_indicator", "ignore_space", "is_filter"},
+        "PostProcess": {"name", "character_dict_path", "use_space_char", "model_name", "key",
+                        "multi_head"},
+        "Metric": {"name", "main_indicator", "ignore_space", "is_filter", "base_metric_name",
+                   "key"},
     },
     "det": {
         "Loss": {"name", "balance_loss", "main_loss_type", "alpha", "beta", "ohem_ratio", "eps"},
@@ -85,9 +87,9 @@ TASK_KEYS = {
 }
 TASK_POSTPROCESS = {"rec": "CTCLabelDecode", "det": "DBPostProcess", "yolo": "MultiClassNMS"}
 # The losses, hence the model families, each PaddleOCR model_type trains here
-TASK_LOSSES = {"rec": ({"CTCLoss", "MultiLoss"},
+TASK_LOSSES = {"rec": ({"CTCLoss", "MultiLoss", "CombinedLoss"},
                        "CTC recognisers (CRNN, Rosetta, STAR-Net, SVTR; PP-OCRv3's SVTR-LCNet "
-                       "with its SAR branch, MultiLoss)"),
+                       "with its SAR branch, MultiLoss, and its distillation, CombinedLoss)"),
                "det": ({"DBLoss"}, "DB")}
 KNOWN["Eval.loader"] = KNOWN["Train.loader"]
 
@@ -237,7 +239,7 @@ def validate(cfg: dict) -> None:
                               "remove the key")
     expected = TASK_POSTPROCESS[model_type]
     post = (cfg.get("PostProcess") or {}).get("name", expected)
-    if post != expected:
+    if post != expected and (model_type, post) != ("rec", "DistillationCTCLabelDecode"):
         raise ConfigError(f"PostProcess.name: {post!r} is not supported for model_type "
                           f"{model_type}; jaxocr decodes it with {expected}")
     if ignored:

@@ -120,7 +120,8 @@ SHIPPED = {"rec_mv3_none_bilstm_ctc.yml": 1_451_787, "quickstart_crnn.yml": 1_45
            # SVTR-LCNet: MobileNetV1Enhance 1,016,160, SVTR neck 1,192,880, CTC head, and the
            # SAR branch trained beside it (11,491,939 in en, 97 + 99 classes)
            "PP-OCRv3/en_PP-OCRv3_rec.yml": 13_707_284,
-           "PP-OCRv3/ch_PP-OCRv3_rec.yml": 27_507_476}
+           "PP-OCRv3/ch_PP-OCRv3_rec.yml": 27_507_476,
+           "PP-OCRv3/ch_PP-OCRv3_rec_distillation.yml": 2 * 27_507_476}  # Teacher + Student
 
 
 def shipped_rec_configs() -> list[str]:

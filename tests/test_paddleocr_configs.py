@@ -25,7 +25,8 @@ SMALL_SYNTHETIC = [
 UPSTREAM = ["rec_mv3_none_bilstm_ctc.yml", "rec_mv3_none_none_ctc.yml", "rec_mv3_tps_bilstm_ctc.yml",
             "rec_r34_vd_none_bilstm_ctc.yml", "rec_svtrnet_ch.yml",
             "ch_ppocr_v2.0/rec_chinese_lite_train_v2.0.yml", "ch_PP-OCRv2/ch_PP-OCRv2_rec.yml",
-            "PP-OCRv3/en_PP-OCRv3_rec.yml", "PP-OCRv3/ch_PP-OCRv3_rec.yml"]
+            "PP-OCRv3/en_PP-OCRv3_rec.yml", "PP-OCRv3/ch_PP-OCRv3_rec.yml",
+            "PP-OCRv3/ch_PP-OCRv3_rec_distillation.yml"]
 
 
 def test_every_upstream_config_is_walked_here_or_in_test_svtr():

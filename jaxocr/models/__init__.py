@@ -24,12 +24,14 @@ arguments.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
+from flax.core import unfreeze
 
 from jaxocr.config import ConfigError
 from jaxocr.models.backbones.cspresnet import CSPResNet
@@ -125,18 +127,58 @@ class BaseModel(nn.Module):
     head: nn.Module | None = None
     model_type: str = "rec"
     algorithm: str = ""
+    return_all_feats: bool = False
 
     def __call__(self, x: jax.Array, train: bool = False, targets: dict | None = None):
         """`targets`: the batch arrays a head trains on besides the image (MultiHead's SAR
-        branch: `label_sar`, `valid_ratio`); None for every other head."""
+        branch: `label_sar`, `valid_ratio`); None for every other head. With
+        `return_all_feats` (a distillation member) training returns Paddle's dict of features:
+        `backbone_out`, `head_out` (and MultiHead's `neck_out`)."""
         if self.transform is not None:
             x = self.transform(x, train)
         x = self.backbone(x, train)
+        feats = {"backbone_out": x}
         if self.neck is not None:
-            x = self.neck(x, train)
+            x = feats["neck_out"] = self.neck(x, train)
         if self.head is not None:
             x = self.head(x, train) if targets is None else self.head(x, train, targets)
-        return x
+            if isinstance(x, dict) and "ctc_neck" in x:
+                feats["neck_out"] = x["ctc_neck"]
+            feats["head_out"] = x
+        return feats if self.return_all_feats and train else x
+
+
+class DistillationModel(nn.Module):
+    """PaddleOCR's DistillationModel: its `Models` (Teacher, Student, ...) side by side on the
+    same input, each under its own name in the parameter tree. Training returns {name: that
+    model's features}; evaluation, inference and export run the `infer_model` alone (the
+    Student), as PaddleOCR exports it. `frozen`: the models with `freeze_params` (the optimizer
+    leaves their parameters as they are). The members are built here from their
+    Architecture sections (`members`: (name, section) pairs), so that they are named so."""
+
+    members: tuple
+    infer_model: str = "Student"
+    frozen: tuple = ()
+    model_type: str = "rec"
+    algorithm: str = "Distillation"
+    bn_axis_name: str | None = None
+    dtype: Any = jnp.float32
+    conv_impl: str = "auto"
+
+    @property
+    def names(self) -> tuple:
+        return tuple(name for name, _ in self.members)
+
+    def setup(self):
+        for name, cfg in self.members:
+            setattr(self, name, build_model(unfreeze(cfg), self.bn_axis_name, self.dtype,
+                                            self.conv_impl))
+
+    def __call__(self, x: jax.Array, train: bool = False, targets: dict | None = None):
+        if not train and not self.is_initializing():
+            return getattr(self, self.infer_model)(x, False)
+        outputs = {name: getattr(self, name)(x, train, targets) for name in self.names}
+        return outputs if train else outputs[self.infer_model]  # init creates every member
 
 
 def build_model(arch_cfg: dict, bn_axis_name: str | None = None, dtype: Any = jnp.float32,
@@ -152,7 +194,10 @@ def build_model(arch_cfg: dict, bn_axis_name: str | None = None, dtype: Any = jn
     """
     if not isinstance(arch_cfg, dict):
         raise ConfigError(f"Architecture must be a mapping, got {type(arch_cfg).__name__}")
-    known = {"model_type", "algorithm", "Transform", "Backbone", "Neck", "Head"}
+    if arch_cfg.get("name") == "DistillationModel":
+        return build_distillation_model(arch_cfg, bn_axis_name, dtype, conv_impl)
+    known = {"model_type", "algorithm", "Transform", "Backbone", "Neck", "Head",
+             "return_all_feats"}
     unknown = sorted(set(arch_cfg) - known)
     if unknown:
         raise ConfigError(f"Architecture: unknown key(s) {unknown}; known: {sorted(known)}")
@@ -170,8 +215,50 @@ def build_model(arch_cfg: dict, bn_axis_name: str | None = None, dtype: Any = jn
         head=_build_part("Head", arch_cfg.get("Head"), g),
         model_type=model_type,
         algorithm=arch_cfg.get("algorithm", "") or "",
+        return_all_feats=bool(arch_cfg.get("return_all_feats", False)),
     )
 
 
-__all__ = ["build_model", "part_class", "BaseModel", "TRANSFORMS", "BACKBONES", "REC_BACKBONES",
+def distillation_members(arch_cfg: dict) -> dict[str, dict]:
+    """`Architecture.Models` of a DistillationModel: {name: that model's Architecture}."""
+    models = arch_cfg.get("Models")
+    if not isinstance(models, dict) or not models:
+        raise ConfigError("Architecture (DistillationModel).Models must map model names to "
+                          f"their Architecture sections, got {models!r}")
+    unknown = sorted(set(arch_cfg) - {"name", "model_type", "algorithm", "Models"})
+    if unknown:
+        raise ConfigError(f"Architecture (DistillationModel): unknown key(s) {unknown}")
+    return models
+
+
+def infer_member(arch_cfg: dict) -> str:
+    """The model a distillation evaluates and exports: the Student, else the first."""
+    names = list(distillation_members(arch_cfg))
+    return "Student" if "Student" in names else names[0]
+
+
+def build_distillation_model(arch_cfg: dict, bn_axis_name=None, dtype: Any = jnp.float32,
+                             conv_impl: str = "auto") -> DistillationModel:
+    members, frozen = [], []
+    for name, cfg in distillation_members(arch_cfg).items():
+        cfg = copy.deepcopy(cfg)
+        if cfg.pop("pretrained", None):
+            raise ConfigError(f"Architecture.Models.{name}.pretrained: a member's own weights "
+                              "file is not supported; Global.pretrained_model (a PaddleOCR "
+                              ".onnx export) starts every member from it")
+        if cfg.pop("freeze_params", False):
+            frozen.append(name)
+        try:
+            build_model(cfg)  # a config error shows now, naming the member
+        except ConfigError as e:
+            raise ConfigError(f"Architecture.Models.{name}: {e}") from None
+        members.append((name, cfg))
+    return DistillationModel(tuple(members), infer_member(arch_cfg), tuple(frozen),
+                             arch_cfg.get("model_type", "rec"),
+                             arch_cfg.get("algorithm", "Distillation") or "Distillation",
+                             bn_axis_name, dtype, conv_impl)
+
+
+__all__ = ["build_model", "part_class", "BaseModel", "DistillationModel", "distillation_members",
+           "infer_member", "TRANSFORMS", "BACKBONES", "REC_BACKBONES",
            "DET_BACKBONES", "YOLO_BACKBONES", "BACKBONES_BY_MODEL_TYPE", "NECKS", "HEADS"]

@@ -17,6 +17,7 @@ from jaxocr.config import ConfigError
 from jaxocr.distributed import AXIS
 from jaxocr.losses import build_loss, multi_loss_parts, sar_token_losses
 from jaxocr.metrics import build_metric
+from jaxocr.models import distillation_members, infer_member
 from jaxocr.metrics.rec_device import canonical_ids, rec_metric_sums
 from jaxocr.postprocess import best_path, ctc_greedy_decode, decode_labels
 
@@ -104,15 +105,20 @@ class MultiLossObjective(CTCObjective):
         return {"label_sar": batch["label_sar"], "valid_ratio": batch["valid_ratio"]}
 
     def loss(self, outputs, batch, mask):
-        share = jnp.mean(mask)
-        tokens, counted = sar_token_losses(outputs["sar"], batch["label_sar"], self.ignore_index)
-        counted = counted * mask[:, None]
-        scale = jax.lax.stop_gradient(jax.lax.psum(share, AXIS) / jnp.maximum(
-            jax.lax.psum(jnp.sum(counted), AXIS), 1.0))
-        sar = jnp.sum(tokens * counted) * scale
+        sar = sar_global_mean(outputs["sar"], batch["label_sar"], self.ignore_index, mask)
         ctc = self.ctc_loss(outputs, batch, mask)
         total = self.weights[0] * ctc + self.weights[1] * sar
-        return total, share, self.metric(outputs, batch, mask)
+        return total, jnp.mean(mask), self.metric(outputs, batch, mask)
+
+
+def sar_global_mean(logits, label_sar, ignore_index: int, mask):
+    """This device's part of the SAR loss averaged over the real tokens of the global batch
+    (see MultiLossObjective): its token sum times psum(share) / psum(tokens)."""
+    tokens, counted = sar_token_losses(logits, label_sar, ignore_index)
+    counted = counted * mask[:, None]
+    scale = jax.lax.stop_gradient(jax.lax.psum(jnp.mean(mask), AXIS) / jnp.maximum(
+        jax.lax.psum(jnp.sum(counted), AXIS), 1.0))
+    return jnp.sum(tokens * counted) * scale
 
 
 _STEPS: dict[tuple[str, tuple], int] = {}
@@ -141,15 +147,27 @@ class RecTask:
     def __init__(self, cfg: dict):
         self.cfg = cfg
         self.charset = CharacterDict.from_config(cfg["Global"])
-        head = cfg["Architecture"].setdefault("Head", {})
-        self.label_key = "label"
-        if head.get("name", "CTCHead") == "CTCHead":
-            head["out_channels"] = self.charset.num_classes
-        elif head["name"] == "MultiHead":  # as Paddle's train.py fills it
-            n = len(self.charset)
-            head["out_channels_list"] = {"CTCLabelDecode": n + 1, "SARLabelDecode": n + 3}
-            self.sar_ignore_index = n + 2  # the padding token
-            self.label_key = "label_ctc"
+        arch = cfg["Architecture"]
+        self.distillation = arch.get("name") == "DistillationModel"
+        members = distillation_members(arch).values() if self.distillation else [arch]
+        n = len(self.charset)
+        multi = False
+        for member in members:  # the class counts, as Paddle's train.py fills them
+            head = member.setdefault("Head", {})
+            if head.get("name", "CTCHead") == "CTCHead":
+                head["out_channels"] = self.charset.num_classes
+            elif head["name"] == "MultiHead":
+                head["out_channels_list"] = {"CTCLabelDecode": n + 1, "SARLabelDecode": n + 3}
+                multi = True
+        if self.distillation:
+            key = (cfg.get("Metric") or {}).get("key", infer_member(arch))
+            if key != infer_member(arch):
+                raise ConfigError(f"Metric.key {key!r}: jaxocr evaluates, infers and exports "
+                                  f"the distillation's {infer_member(arch)} (PaddleOCR's "
+                                  "export does too)")
+        self.sar_ignore_index = n + 2  # SAR's padding token
+        self.label_key = "label_ctc" if multi else "label"
+        if multi:  # MultiLabelEncode's keys; the SAR branch trains on two of them
             self.device_keys = {
                 "Train": ("image", "valid_width", "label_ctc", "label_sar", "length",
                           "valid_ratio", "mask"),
@@ -181,12 +199,20 @@ class RecTask:
         if self.cfg["Global"]["cal_metric_during_train"]:
             table = canonical_ids(self.charset, build_metric(self.cfg.get("Metric")))
         loss_cfg = self.cfg.get("Loss") or {}
-        multi = loss_cfg.get("name") == "MultiLoss"
-        if multi != (self.label_key == "label_ctc"):
-            raise ConfigError("Loss MultiLoss and Architecture.Head MultiHead go together "
-                              f"(PP-OCRv3); got Loss {loss_cfg.get('name')!r} with Head "
-                              f"{self.cfg['Architecture']['Head'].get('name')!r}")
-        if multi:
+        name = loss_cfg.get("name", "CTCLoss")
+        head = "DistillationModel" if self.distillation else \
+            self.cfg["Architecture"]["Head"].get("name")
+        expected = {"CombinedLoss": "DistillationModel", "MultiLoss": "MultiHead"}.get(name)
+        if (head in ("DistillationModel", "MultiHead") or expected) and head != expected:
+            raise ConfigError(f"Loss {name} does not train an Architecture with "
+                              f"{head}: MultiLoss trains MultiHead (PP-OCRv3), CombinedLoss a "
+                              "DistillationModel")
+        if name == "CombinedLoss":
+            from jaxocr.tasks.rec_distillation import DistillationObjective
+            student = infer_member(self.cfg["Architecture"])
+            return DistillationObjective(loss_cfg, student, self.sar_ignore_index, table,
+                                         self.label_key)
+        if name == "MultiLoss":
             return MultiLossObjective(multi_loss_parts(loss_cfg), self.sar_ignore_index, table)
         return CTCObjective(build_loss(loss_cfg), table)
 

@@ -6,7 +6,9 @@ has no regularizer of its own, as Paddle's optimizer applies it: BatchNorm and L
 scale and bias included (PaddleOCR's MobileNetV3, BiLSTM and SVTRNet create them without one).
 The one override today is the CTC head's `fc_decay` (Paddle's CTCHead attaches
 L2Decay(fc_decay), default 0.0004, to its weights and biases), matched by place in the module
-tree: the model's top-level `head` module.
+tree: the model's `head` module (MultiHead: its `ctc_head`; see the heads' `l2_decay`). A
+DistillationModel's rules apply under each member's name; a member with `freeze_params` is
+not updated.
 """
 from __future__ import annotations
 
@@ -16,7 +18,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxocr.models.heads.ctc import CTCHead
 
 
 def build_schedule(lr_cfg, steps_per_epoch: int, epoch_num: int):
@@ -75,10 +76,28 @@ def _key(entry) -> str:
     return str(getattr(entry, "key", entry))
 
 
-def _in_head(path) -> bool:
-    """The model's Head part (BaseModel's `head` attribute), not any name containing 'head'
-    (SVTR's STN has a `stn_head`)."""
-    return bool(path) and _key(path[0]) == "head"
+def model_parts(arch_cfg: dict) -> list[tuple[tuple, dict, bool]]:
+    """(place in the parameter tree, Architecture, frozen) of each model: the one model at
+    the root, or a DistillationModel's members under their names."""
+    if arch_cfg.get("name") != "DistillationModel":
+        return [((), arch_cfg, False)]
+    from jaxocr.models import distillation_members
+    return [((name,), cfg, bool(cfg.get("freeze_params", False)))
+            for name, cfg in distillation_members(arch_cfg).items()]
+
+
+def _head_rules(arch_cfg: dict) -> list[tuple[tuple, float]]:
+    """(place, factor) of the heads' own L2 factors: under the Head part (BaseModel's `head`
+    attribute, not any name containing 'head': SVTR's STN has a `stn_head`)."""
+    from jaxocr.models import part_class
+    rules = []
+    for prefix, cfg, _ in model_parts(arch_cfg):
+        head = cfg.get("Head")
+        if isinstance(head, dict) and "name" in head:
+            cls = part_class("Head", head, cfg.get("model_type", "rec"))
+            for sub, factor in getattr(cls, "l2_decay", lambda _: {})(head).items():
+                rules.append(((*prefix, "head", *sub), float(factor)))
+    return rules
 
 
 def _norm_layers(params) -> set:
@@ -104,15 +123,16 @@ def l2_factors(params, opt_cfg: dict, arch_cfg: dict):
     base = float(reg.get("factor", 0.0)) if reg.get("name", "L2") in ("L2", "l2") else 0.0
     norm = reg.get("norm_factor")
     norms = _norm_layers(params) if norm is not None else set()
-    head = arch_cfg.get("Head") or {}
-    # CTCHead attaches L2Decay(fc_decay) to its weights whether or not the config names it, and
+    # a head's own L2Decay (CTCHead's fc_decay) holds whether or not the config names it, and
     # Paddle applies a parameter's own regularizer under every optimizer, AdamW included
-    head_decay = head.get("fc_decay", CTCHead.fc_decay if head.get("name") == "CTCHead" else None)
+    rules = _head_rules(arch_cfg)
 
     def factor(path, _):
-        if head_decay is not None and _in_head(path):
-            return float(head_decay)
-        if norms and tuple(_key(k) for k in path[:-1]) in norms:
+        keys = tuple(_key(k) for k in path)
+        own = next((f for place, f in rules if keys[:len(place)] == place), None)
+        if own is not None:
+            return own
+        if norms and keys[:-1] in norms:
             return float(norm)
         return base
 
@@ -125,20 +145,26 @@ PART_ATTRS = {"Transform": "transform", "Backbone": "backbone", "Neck": "neck", 
 def lr_multipliers(params, arch_cfg: dict):
     """Per-parameter learning-rate factors (Paddle's ParamAttr(learning_rate=...)), or None when
     every one is 1: a part class may declare `lr_multipliers(cfg) -> {sub-module name: factor}`
-    (TPS: `loc_lr` on its localisation network), matched under that part's place in the model."""
+    (TPS: `loc_lr` on its localisation network), matched under that part's place in the model;
+    a frozen distillation member's are 0."""
     from jaxocr.models import part_class
-    rules = []
-    for section, attr in PART_ATTRS.items():
-        part = arch_cfg.get(section)
-        cls = part_class(section, part, arch_cfg.get("model_type", "rec")) if part else None
-        for sub, factor in getattr(cls, "lr_multipliers", lambda _: {})(part).items():
-            rules.append((attr, sub, factor))
+    rules = []  # (place of the part, sub-module name or None for all of it, factor)
+    for prefix, cfg, frozen in model_parts(arch_cfg):
+        if frozen:
+            rules.append((prefix, None, 0.0))
+            continue
+        for section, attr in PART_ATTRS.items():
+            part = cfg.get(section)
+            cls = part_class(section, part, cfg.get("model_type", "rec")) if part else None
+            for sub, factor in getattr(cls, "lr_multipliers", lambda _: {})(part).items():
+                rules.append(((*prefix, attr), sub, factor))
     if not any(f != 1.0 for *_, f in rules):
         return None
 
     def factor(path, _):
-        keys = [_key(k) for k in path]
-        return next((f for attr, sub, f in rules if keys[:1] == [attr] and sub in keys[1:]), 1.0)
+        keys = tuple(_key(k) for k in path)
+        return next((f for place, sub, f in rules if keys[:len(place)] == place and (
+            sub is None or sub in keys[len(place):])), 1.0)
 
     return jax.tree_util.tree_map_with_path(factor, params)
 

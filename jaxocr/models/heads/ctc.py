@@ -44,6 +44,11 @@ class CTCHead(nn.Module):
     return_feats: bool = False
     dtype: Any = jnp.float32
 
+    @classmethod
+    def l2_decay(cls, cfg: dict) -> dict[tuple, float]:
+        """The head's own L2 factor, on all its parameters (Paddle's ParamAttr L2Decay)."""
+        return {(): float(cfg.get("fc_decay", cls.fc_decay))}
+
     @nn.compact
     def __call__(self, x: Array, train: bool = False):
         if self.mid_channels is None:

@@ -51,6 +51,12 @@ class MultiHead(nn.Module):
     conv_impl: str = "auto"
     dtype: Any = jnp.float32
 
+    @staticmethod
+    def l2_decay(cfg: dict) -> dict[tuple, float]:
+        """The CTC branch's head keeps CTCHead's fc_decay; the rest takes the regularizer's."""
+        ctc = branches(cfg.get("head_list")).get("CTCHead", {})
+        return {("ctc_head",): CTCHead.l2_decay(ctc.get("Head") or {})[()]}
+
     def setup(self):
         from jaxocr.models import construct  # the registry module imports this one
         if not self.out_channels_list:
