@@ -195,7 +195,22 @@ def model_layers(model, image_shape, params: dict, stats: dict) -> list[tuple[st
 def import_weights(model, variables: dict, image_shape, path: str) -> tuple[dict, dict]:
     """`variables` ({"params", "batch_stats"}) with the file's weights in place, as host
     arrays. Returns (variables, report): report["loaded"], the number of layers filled;
-    report["left"], the model's layers the file has no weights for (left as initialised)."""
+    report["left"], the model's layers the file has no weights for (left as initialised).
+    A DistillationModel's members each start from the file (its count is per member)."""
+    from jaxocr.models import DistillationModel, build_model
+    if isinstance(model, DistillationModel):
+        from flax.core import unfreeze
+        out = {col: dict(jax.device_get(dict(variables.get(col, {}))))
+               for col in ("params", "batch_stats")}
+        left = []
+        for name, cfg in model.members:
+            member = build_model(unfreeze(cfg), dtype=model.dtype, conv_impl=model.conv_impl)
+            mine = {col: out[col][name] for col in out if name in out[col]}
+            mine, report = import_weights(member, mine, image_shape, path)
+            for col, tree in mine.items():
+                out[col][name] = tree
+            left += [f"{name}/{n}" for n in report["left"]]
+        return out, {"loaded": report["loaded"], "left": left}
     from flax import traverse_util
     flat = {col: traverse_util.flatten_dict(jax.device_get(dict(variables.get(col, {}))))
             for col in ("params", "batch_stats")}

@@ -266,3 +266,25 @@ def test_imported_ppocrv3_rec_gives_onnxruntimes_logits_and_reads_as_it_does():
     similarity = np.mean([1 - Levenshtein.normalized_distance(a, b)
                           for a, b in zip(read(mine), texts)])
     assert similarity > 0.6, (similarity, read(mine), texts)
+
+
+def test_ppocrv3_rec_weights_start_both_members_of_the_distillation():
+    from jaxocr.tasks.rec import RecTask
+    path = _rapidocr_model("ch_PP-OCRv3_rec_infer.onnx")
+    cfg = load_config(os.path.join(ROOT, "configs/rec/PP-OCRv3/ch_PP-OCRv3_rec_distillation.yml"),
+                      ["Train.dataset.name=SynthTextLine", "Eval.dataset.name=SynthTextLine"])
+    RecTask(cfg)
+    model = build_model(cfg["Architecture"])
+    variables, report = import_weights(model, init_variables(model, (48, 320, 3), 0),
+                                       (48, 320, 3), path)
+    assert report["loaded"] == 82 and len(report["left"]) == 20
+    assert {n.split("/")[0] for n in report["left"]} == {"Teacher", "Student"}
+    for a, b in zip(jax.tree.leaves(variables["params"]["Teacher"]["backbone"]),
+                    jax.tree.leaves(variables["params"]["Student"]["backbone"])):
+        np.testing.assert_array_equal(a, b)
+    x = np.random.default_rng(0).uniform(-1, 1, (1, 48, 320, 3)).astype(np.float32)
+    import onnxruntime as ort
+    theirs = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(
+        None, {"x": x.transpose(0, 3, 1, 2)})[0]
+    ours = np.asarray(model.apply(variables, jnp.asarray(x), train=False))  # the Student
+    assert np.abs(ours - theirs).max() < 1e-4
