@@ -83,22 +83,29 @@ def test_imported_chinese_lite_crnn_gives_onnxruntimes_logits(imported):
 
 
 def test_imported_model_reads_rendered_chinese_lines_as_onnxruntime(imported):
+    model, charset, variables, _, session = imported
+    ours, theirs, texts = _read_rendered_lines(model, variables, session, charset, 32)
+    assert ours == theirs
+    # a trained reader, not a coincidence of two untrained ones: most characters right
+    # (random rare characters at 32 px; the mobile model misses some look-alikes)
+    similarity = np.mean([1 - Levenshtein.normalized_distance(a, b) for a, b in zip(ours, texts)])
+    assert similarity > 0.6, (similarity, ours, texts)
+
+
+def _read_rendered_lines(model, variables, session, charset, height):
+    """12 rendered Chinese lines read by the jaxocr model and by onnxruntime: (ours, theirs,
+    the true texts)."""
     from jaxocr.data.synth import SynthTextLine
     from jaxocr.data.transforms import resize_norm_img
-    model, charset, variables, _, session = imported
     lines = SynthTextLine(charset.characters[:3000], 12, seed=0, min_len=4, max_len=8,
                           fonts=[_cjk_font()])
     images, texts = zip(*(lines.render(i) for i in range(12)))
-    x = np.stack([resize_norm_img(img, (3, 32, 320))[0] for img in images]).astype(np.float32)
+    x = np.stack([resize_norm_img(img, (3, height, 320))[0] for img in images]
+                 ).astype(np.float32)
     theirs = session.run(None, {"x": x.transpose(0, 3, 1, 2)})[0]
     ours = np.asarray(model.apply(variables, jnp.asarray(x), train=False))
     read = lambda p: [t for t, _ in ctc_greedy_decode(p.argmax(-1), p.max(-1), charset)]
-    assert read(ours) == read(theirs)
-    # a trained reader, not a coincidence of two untrained ones: most characters right
-    # (random rare characters at 32 px; the mobile model misses some look-alikes)
-    similarity = np.mean([1 - Levenshtein.normalized_distance(a, b)
-                          for a, b in zip(read(ours), texts)])
-    assert similarity > 0.6, (similarity, read(ours), texts)
+    return read(ours), read(theirs), texts
 
 
 def test_a_file_of_another_model_fails_naming_the_first_misfit():
@@ -227,8 +234,6 @@ def test_imported_ppocrv3_rec_gives_onnxruntimes_logits_and_reads_as_it_does():
     on noise; on rendered Chinese lines both read the same text, mostly right."""
     import onnx
     import onnxruntime as ort
-    from jaxocr.data.synth import SynthTextLine
-    from jaxocr.data.transforms import resize_norm_img
     from jaxocr.onnx_weights import metadata
     from jaxocr.tasks.rec import RecTask
     path = _rapidocr_model("ch_PP-OCRv3_rec_infer.onnx")
@@ -255,17 +260,10 @@ def test_imported_ppocrv3_rec_gives_onnxruntimes_logits_and_reads_as_it_does():
     assert ours.shape == logits.shape == (2, 40, 6625)
     assert np.abs(ours - logits).max() <= 1e-4 * np.abs(logits).max()
 
-    lines = SynthTextLine(charset.characters[:3000], 12, seed=0, min_len=4, max_len=8,
-                          fonts=[_cjk_font()])
-    images, texts = zip(*(lines.render(i) for i in range(12)))
-    x = np.stack([resize_norm_img(img, (3, 48, 320))[0] for img in images]).astype(np.float32)
-    theirs = session.run(None, {"x": x.transpose(0, 3, 1, 2)})[0]
-    mine = np.asarray(model.apply(variables, jnp.asarray(x), train=False))
-    read = lambda p: [t for t, _ in ctc_greedy_decode(p.argmax(-1), p.max(-1), charset)]
-    assert read(mine) == read(theirs)
-    similarity = np.mean([1 - Levenshtein.normalized_distance(a, b)
-                          for a, b in zip(read(mine), texts)])
-    assert similarity > 0.6, (similarity, read(mine), texts)
+    mine, theirs, texts = _read_rendered_lines(model, variables, session, charset, 48)
+    assert mine == theirs
+    similarity = np.mean([1 - Levenshtein.normalized_distance(a, b) for a, b in zip(mine, texts)])
+    assert similarity > 0.6, (similarity, mine, texts)
 
 
 def test_ppocrv3_rec_weights_start_both_members_of_the_distillation():

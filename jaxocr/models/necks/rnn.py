@@ -9,6 +9,7 @@ module names ``lstm/layer_{l}_cell_fw|cell_bw`` mirror Paddle's state-dict keys
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Sequence
 
@@ -150,11 +151,10 @@ class SequenceEncoder(nn.Module):
             raise ValueError(f"SequenceEncoder encoder_type {self.encoder_type!r} is not "
                              f"supported; known: {list(self.ENCODER_TYPES)}")
         if self.encoder_type == "svtr":
-            x = EncoderWithSVTR(
-                self.dims, self.depth, self.hidden_dims, self.use_guide, self.num_heads,
-                self.qkv_bias, self.mlp_ratio, self.drop_rate, self.attn_drop_rate,
-                self.drop_path, tuple(self.kernel_size), self.qk_scale, self.bn_axis_name,
-                self.conv_impl, self.dtype, name="encoder")(x, train)
+            options = {f.name: getattr(self, f.name) for f in dataclasses.fields(EncoderWithSVTR)
+                       if f.name not in ("parent", "name")}
+            options["kernel_size"] = tuple(self.kernel_size)
+            x = EncoderWithSVTR(**options, name="encoder")(x, train)
             return im2seq(x)
         x = im2seq(x)
         if self.encoder_type == "reshape":
