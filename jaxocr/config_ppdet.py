@@ -36,7 +36,7 @@ KNOWN_TOP = {
     "LearningRate", "OptimizerBuilder", "worker_num", "eval_height", "eval_width", "eval_size",
     "TrainReader", "EvalReader", "TestReader", "metric", "num_classes", "TrainDataset",
     "EvalDataset", "TestDataset", "save_dir", "filename", "use_gpu", "find_unused_parameters",
-    "seed",
+    "seed", "amp",
 }
 # PaddleDetection keys with no meaning here: accepted, listed once in the log.
 IGNORED_TOP = {
@@ -218,6 +218,7 @@ def to_run_config(cfg: dict, eval_in_training: bool = False) -> dict:
         "use_ema": bool(cfg.get("use_ema", False)),
         "ema_decay": float(cfg.get("ema_decay", 0.9998)),
         "infer_checkpoint": cfg.get("weights"),
+        "use_amp": bool(cfg.get("amp", False)),  # tools/train.py --amp (bfloat16 here)
     }
     if cfg.get("seed") is not None:
         glob["seed"] = int(cfg["seed"])

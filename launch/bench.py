@@ -91,6 +91,7 @@ def train_speed(cfg, steps: int, warmup: int, sync_grads: bool = True,
         parts = breakdown(profile_dir, compiled.as_text(), traced)
         for part, ms in parts.items():
             print(f"  {part:<45} {ms:9.1f} ms/step")
+    loader.close()
     mem = jax.local_devices()[0].memory_stats() or {}
     return {"images_per_s": images / total, "images_per_s_per_device": images / total / comp.mesh.size,
             "step_s": total / steps, "step_median_s": float(np.median(step_times)),
@@ -107,6 +108,7 @@ def train_speed(cfg, steps: int, warmup: int, sync_grads: bool = True,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "peak_device_mb": mem.get("peak_bytes_in_use", 0) / 2**20 or None,
             "step_temp_mb": _temp_mb(compiled),
+            "step_device_mb": _footprint_mb(compiled),
             "machine": machine()}
 
 
@@ -116,6 +118,18 @@ def _temp_mb(compiled) -> float | None:
         return compiled.memory_analysis().temp_size_in_bytes / 2**20
     except Exception:  # not every backend implements it
         return None
+
+
+def _footprint_mb(compiled) -> float | None:
+    """Device memory one call of the step holds: its arguments, outputs (less those that reuse
+    a donated argument's buffer) and scratch."""
+    try:
+        m = compiled.memory_analysis()
+        used = (m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
+                + m.temp_size_in_bytes)
+    except Exception:  # not every backend implements it
+        return None
+    return used / 2**20
 
 
 def _flops(compiled) -> float | None:
