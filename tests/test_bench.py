@@ -34,6 +34,28 @@ def test_bench_train_reports_speed_breakdown(tmp_path):
     assert "ms/step" in r.stdout
 
 
+def test_gpu_check_measures_each_model_and_precision_and_writes_the_table(tmp_path):
+    """launch/gpu_check.py (the GPU check), here on the CPU: Rosetta in float32 and bfloat16 at
+    batch 2 on the synthetic lines, one JSON per run, the table; a budget of 0 starts nothing."""
+    r = subprocess.run([sys.executable, "launch/gpu_check.py", "--out", str(tmp_path / "gc"),
+                        "--only", "rec_mv3_none_none_ctc", "--batch", "2", "--steps", "2",
+                        "--warmup", "1"], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    for precision in ("fp32", "bf16"):
+        run = json.loads((tmp_path / "gc" / f"rec_mv3_none_none_ctc.{precision}.json").read_text())
+        assert "error" not in run, run.get("traceback")
+        assert run["batch_per_card"] == 2 and run["images_per_s_per_device"] > 0
+        assert run["step_device_mb"] > 0 and run["compile_s"] > 0
+    table = (tmp_path / "gc" / "table.md").read_text().splitlines()
+    assert table[0].startswith("| model | precision |") and len(table) == 4, table
+    assert table[3].startswith("| rec_mv3_none_none_ctc | bf16 | 2 |")
+    env = json.loads((tmp_path / "gc" / "environment.json").read_text())
+    assert env["devices"] and env["jax"]
+    r = subprocess.run([sys.executable, "launch/gpu_check.py", "--out", str(tmp_path / "none"),
+                        "--budget_s", "0"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 0 and "skipped (budget): rec_chinese_lite.fp32" in r.stdout
+
+
 def test_profile_self_time_subtracts_nested_ops():
     from jaxocr.profile import hlo_op_names, part_of, self_times
     events = [{"ph": "X", "pid": 1, "tid": 1, "ts": 0, "dur": 10, "name": "while"},

@@ -121,7 +121,9 @@ SHIPPED = {"rec_mv3_none_bilstm_ctc.yml": 1_451_787, "quickstart_crnn.yml": 1_45
            # SAR branch trained beside it (11,491,939 in en, 97 + 99 classes)
            "PP-OCRv3/en_PP-OCRv3_rec.yml": 13_707_284,
            "PP-OCRv3/ch_PP-OCRv3_rec.yml": 27_507_476,
-           "PP-OCRv3/ch_PP-OCRv3_rec_distillation.yml": 2 * 27_507_476}  # Teacher + Student
+           "PP-OCRv3/ch_PP-OCRv3_rec_distillation.yml": 2 * 27_507_476,  # Teacher + Student
+           "quickstart_ppocrv3.yml": 13_580_444,  # the en net over 36 characters (37 + 39)
+           "quickstart_ppocrv3_chinese.yml": 27_507_476}
 
 
 def shipped_rec_configs() -> list[str]:

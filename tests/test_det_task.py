@@ -80,7 +80,7 @@ def test_a_few_steps_lower_the_db_loss(tmp_path):
     for _ in range(8):
         state, out = step(state, device)
         losses.append(float(out["loss"]))
-    parts = comp.task.summarize(np.asarray(out["metric"]))
+    parts = comp.objective.summarize(np.asarray(out["metric"]))
     assert set(parts) == {"loss_shrink_maps", "loss_threshold_maps", "loss_binary_maps"}
     assert sum(parts.values()) == pytest.approx(losses[-1], rel=1e-5)
     assert all(np.isfinite(losses)) and losses[-1] < 0.8 * losses[0], losses

@@ -60,9 +60,17 @@ def test_combined_loss_is_the_weighted_sum_of_paddles_terms():
         sar[i, :k + 2] = [c, *(label[i, :k] - 1), c]
     batch = {"label_ctc": label, "label_sar": sar, "length": lengths}
     mask = np.array([1, 1, 0], np.float32)
-    loss = jax.vmap(lambda _: objective.loss(
-        jax.tree.map(jnp.asarray, outs), jax.tree.map(jnp.asarray, batch), jnp.asarray(mask))[0],
-        axis_name="data")(jnp.zeros(1))[0]
+    loss, _, vector = jax.vmap(lambda _: objective.loss(
+        jax.tree.map(jnp.asarray, outs), jax.tree.map(jnp.asarray, batch), jnp.asarray(mask)),
+        axis_name="data")(jnp.zeros(1))
+    loss = loss[0]
+    # the log: each term under PaddleOCR's loss-dict key, the terms adding up to the loss
+    logged = objective.summarize(vector[0])
+    terms = {k: v for k, v in logged.items() if k not in ("acc", "norm_edit_dis")}
+    assert list(terms) == ["dml_ctc_0", "dml_sar_0", "loss_distance_l2_Student_Teacher_0",
+                           "loss_ctc_Student_0", "loss_ctc_Teacher_1", "loss_sar_Student_0",
+                           "loss_sar_Teacher_1"]
+    np.testing.assert_allclose(sum(terms.values()), float(loss) / mask.mean(), rtol=1e-5)
 
     real = mask == 1
     s, te = outs["Student"], outs["Teacher"]
@@ -78,6 +86,8 @@ def test_combined_loss_is_the_weighted_sum_of_paddles_terms():
     # the step divides the objective's loss by the real rows' share (2/3)
     want = rows[real].mean() + sar_total
     np.testing.assert_allclose(float(loss) / mask.mean(), want, rtol=1e-5)
+    np.testing.assert_allclose(logged["dml_sar_0"], 0.5 * _dml(
+        s["head_out"]["sar"], te["head_out"]["sar"])[real].mean(), rtol=1e-5)
 
 
 def test_unsupported_terms_and_a_mismatched_loss_fail_naming_them():

@@ -143,11 +143,17 @@ def test_multi_loss_is_split_invariant_ctc_row_mean_plus_global_sar_token_mean()
         state = jax.device_put(create_state({"params": params}, tx, 0), replicated(mesh))
         b = jax.device_put(batch, batch_sharding(mesh))
         state, out = make_train_step(model, tx, objective, mesh)(state, b)
-        return jax.device_get(state.params), float(out["loss"])
+        return jax.device_get(state.params), float(out["loss"]), objective.summarize(
+            out["metric"])
 
-    p1, loss1 = run(1)
-    p4, loss4 = run(4)
+    p1, loss1, log1 = run(1)
+    p4, loss4, log4 = run(4)
     np.testing.assert_allclose(loss1, loss4, rtol=1e-6)
+    # the log line's terms (Paddle's MultiLoss keys, weighted) add up to the loss on any split
+    assert list(log1) == ["CTCLoss", "SARLoss"]
+    for log in (log1, log4):
+        np.testing.assert_allclose(log["CTCLoss"] + log["SARLoss"], loss1, rtol=1e-5)
+    np.testing.assert_allclose(log4["SARLoss"], log1["SARLoss"], rtol=1e-5)
     for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p4)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
@@ -157,6 +163,7 @@ def test_multi_loss_is_split_invariant_ctc_row_mean_plus_global_sar_token_mean()
     ctc_rows = optax.ctc_loss(out["ctc"], jnp.zeros((n, 6)), ctc,
                               (np.arange(3) >= lengths[:, None]).astype(np.float32))
     tokens, counted = sar_token_losses(out["sar"], jnp.asarray(sar), 6)
-    want = float(np.mean(np.asarray(ctc_rows)[real])) + 0.5 * float(
-        np.asarray(tokens)[real].sum() / np.asarray(counted)[real].sum())
+    sar_mean = float(np.asarray(tokens)[real].sum() / np.asarray(counted)[real].sum())
+    want = float(np.mean(np.asarray(ctc_rows)[real])) + 0.5 * sar_mean
     np.testing.assert_allclose(loss1, want, rtol=1e-5)
+    np.testing.assert_allclose(log1["SARLoss"], 0.5 * sar_mean, rtol=1e-5)

@@ -135,3 +135,10 @@ def test_reader_worker_type_reaches_the_loader():
     assert cfg["Eval"]["loader"]["worker_type"] == "auto"  # the default
     with pytest.raises(ConfigError, match="TrainReader.worker_typ.*did you mean 'worker_type'"):
         load_config(PPYOLOE_S, ["pretrain_weights=", "TrainReader.worker_typ=process"])
+
+
+def test_amp_is_paddledetections_switch_for_mixed_precision():
+    """tools/train.py --amp sets `amp: true`; here it computes in bfloat16 (Global.use_amp)."""
+    from jaxocr.config import load_config
+    assert load_config(PPYOLOE_S, ["pretrain_weights="])["Global"]["use_amp"] is False
+    assert load_config(PPYOLOE_S, ["pretrain_weights=", "amp=true"])["Global"]["use_amp"] is True

@@ -36,6 +36,7 @@ class Term:
     branch: str | None = None  # MultiHead's output it reads: ctc | sar (multi_head)
     act: str | None = None
     mode: str = "l2"
+    names: tuple = ()          # the log's key for each model (pair), as Paddle's loss dicts
 
     def pick(self, outputs: dict, model: str):
         out = outputs[model]
@@ -82,16 +83,29 @@ def combined_loss_terms(loss_cfg: dict) -> list[Term]:
             if opts.get("act") not in (None, "softmax", "sigmoid"):
                 raise ValueError(f"{where}: act must be softmax, sigmoid or none")
             branch = opts.get("dis_head", "ctc") if multi else None
-            terms.append(Term(name, weight, models, opts.get("key"), branch, opts.get("act")))
+            terms.append(Term(name, weight, models, opts.get("key"), branch, opts.get("act"),
+                              names=_log_names(name, opts.get("name"), models)))
         elif name == "DistillationDistanceLoss":
             if opts.get("mode", "l2") not in ("l2", "l1"):
                 raise ValueError(f"{where}: mode must be l2 or l1")
-            terms.append(Term(name, weight, models, opts.get("key"),
-                              mode=opts.get("mode", "l2")))
+            terms.append(Term(name, weight, models, opts.get("key"), mode=opts.get("mode", "l2"),
+                              names=_log_names(name, opts.get("name"), models)))
         else:
             branch = ("ctc" if name == "DistillationCTCLoss" else "sar") if multi else None
-            terms.append(Term(name, weight, models, opts.get("key"), branch))
+            terms.append(Term(name, weight, models, opts.get("key"), branch,
+                              names=_log_names(name, opts.get("name"), models)))
     return terms
+
+
+def _log_names(kind: str, name: str | None, models: tuple) -> tuple[str, ...]:
+    """PaddleOCR's loss-dict keys of a term: DML `{name}_{i}`, distance
+    `{name}_l2_{a}_{b}_{i}`, CTC / SAR `{name}_{model}_{i}`."""
+    if kind == "DistillationDMLLoss":
+        return tuple(f"{name or 'dml'}_{i}" for i in range(len(models)))
+    if kind == "DistillationDistanceLoss":
+        return tuple(f"{name or 'loss_distance'}_l2_{a}_{b}_{i}" for i, (a, b) in enumerate(models))
+    base = name or ("loss_ctc" if kind == "DistillationCTCLoss" else "loss_sar")
+    return tuple(f"{base}_{m}_{i}" for i, m in enumerate(models))
 
 
 def _rows(x):

@@ -117,6 +117,13 @@ class DBObjective:
     def targets(batch):
         return None  # the model sees only the images
 
+    @staticmethod
+    def summarize(values) -> dict:
+        """The step's metric vector (loss parts × share, share) -> the log line's values."""
+        values = [float(v) for v in values]
+        share = max(values[-1], 1e-12)
+        return {k: v / share for k, v in zip(LOSS_PARTS, values)}
+
     def inputs(self, batch, dtype):
         images = batch["image"]
         if images.dtype == jnp.uint8:
@@ -189,13 +196,6 @@ class DetTask:
     def objective(self, phase=None) -> DBObjective:
         return DBObjective(build_det_loss(self.cfg.get("Loss") or {"name": "DBLoss"}),
                            self.mean, self.std, self.scale)
-
-    @staticmethod
-    def summarize(values) -> dict:
-        """The step's metric vector (loss parts × share, share) -> the log line's values."""
-        values = [float(v) for v in values]
-        share = max(values[-1], 1e-12)
-        return {k: v / share for k, v in zip(LOSS_PARTS, values)}
 
     def build_metric(self, source=None):
         return build_metric(self.cfg.get("Metric") or {"name": "DetMetric"})

@@ -42,12 +42,16 @@ class CTCObjective:
     """
 
     share_floor = 1e-12  # the real rows' share: the mean over devices, unclipped
+    loss_names: tuple[str, ...] = ()  # the logged loss terms, for a loss of several
 
     def __init__(self, loss_fn, metric_table=None, label_key: str = "label"):
         self.loss_fn = loss_fn
         self.metric_table = metric_table
-        self.has_metric = metric_table is not None
         self.label_key = label_key  # MultiLabelEncode writes the CTC label as label_ctc
+
+    @property
+    def has_metric(self) -> bool:
+        return self.metric_table is not None or bool(self.loss_names)
 
     @staticmethod
     def targets(batch):
@@ -71,12 +75,32 @@ class CTCObjective:
         rows = self.loss_fn(logits_of(outputs), batch[self.label_key], batch["length"])
         return jnp.sum(rows * mask) / mask.shape[0]
 
-    def metric(self, outputs, batch, mask):
-        if self.metric_table is None:
-            return None
-        ids, _ = best_path(logits_of(outputs))
-        return rec_metric_sums(ids, batch[self.label_key], batch["length"], mask,
-                               self.metric_table)
+    def metric(self, outputs, batch, mask, parts=()):
+        """The log's vector: RecMetric's sums (with a metric table), then the device's value of
+        each loss term and its share (with `parts`, one per loss_names), or None."""
+        pieces = []
+        if self.metric_table is not None:
+            ids, _ = best_path(logits_of(outputs))
+            pieces.append(rec_metric_sums(ids, batch[self.label_key], batch["length"], mask,
+                                          self.metric_table).astype(jnp.float32))
+        if parts:
+            pieces.append(jnp.stack([jnp.asarray(p, jnp.float32) for p in parts]
+                                    + [jnp.mean(mask).astype(jnp.float32)]))
+        return jnp.concatenate(pieces) if pieces else None
+
+    def summarize(self, vector) -> dict:
+        """The step's vector (averaged over devices) -> the log line's values: each loss term
+        over the mean share, as the total loss; acc and norm_edit_dis (ratios of sums)."""
+        v = [float(x) for x in vector]
+        out = {}
+        if self.loss_names:
+            share = max(v[-1], 1e-12)
+            k = len(self.loss_names)
+            out.update({n: x / share for n, x in zip(self.loss_names, v[-1 - k:-1])})
+        if self.metric_table is not None:
+            correct, dist, n = v[:3]
+            out.update(acc=correct / max(n, 1e-12), norm_edit_dis=1 - dist / max(n, 1e-12))
+        return out
 
     @staticmethod
     def predictions(outputs, batch=None):
@@ -94,6 +118,8 @@ class MultiLossObjective(CTCObjective):
     psum(share) / psum(tokens) = n S / K, and the mean over the n devices, divided by S, is the
     sum over all tokens / K."""
 
+    loss_names = ("CTCLoss", "SARLoss")  # Paddle's MultiLoss keys, logged weighted
+
     def __init__(self, parts: dict, ignore_index: int, metric_table=None):
         super().__init__(build_loss({"name": "CTCLoss", **parts["ctc"]}), metric_table,
                          label_key="label_ctc")
@@ -105,10 +131,10 @@ class MultiLossObjective(CTCObjective):
         return {"label_sar": batch["label_sar"], "valid_ratio": batch["valid_ratio"]}
 
     def loss(self, outputs, batch, mask):
-        sar = sar_global_mean(outputs["sar"], batch["label_sar"], self.ignore_index, mask)
-        ctc = self.ctc_loss(outputs, batch, mask)
-        total = self.weights[0] * ctc + self.weights[1] * sar
-        return total, jnp.mean(mask), self.metric(outputs, batch, mask)
+        sar = self.weights[1] * sar_global_mean(outputs["sar"], batch["label_sar"],
+                                                self.ignore_index, mask)
+        ctc = self.weights[0] * self.ctc_loss(outputs, batch, mask)
+        return ctc + sar, jnp.mean(mask), self.metric(outputs, batch, mask, (ctc, sar))
 
 
 def sar_global_mean(logits, label_sar, ignore_index: int, mask):
@@ -215,13 +241,6 @@ class RecTask:
         if name == "MultiLoss":
             return MultiLossObjective(multi_loss_parts(loss_cfg), self.sar_ignore_index, table)
         return CTCObjective(build_loss(loss_cfg), table)
-
-    @staticmethod
-    def summarize(sums) -> dict:
-        """A step's train-metric sums -> the log line's values (ratios: the device average
-        the all-reduce takes cancels)."""
-        correct, dist, n = (float(v) for v in sums)
-        return {"acc": correct / max(n, 1e-12), "norm_edit_dis": 1 - dist / max(n, 1e-12)}
 
     def build_metric(self, source=None):
         return build_metric(self.cfg.get("Metric"))

@@ -12,12 +12,14 @@ from jaxocr.tasks.rec import CTCObjective, sar_global_mean
 
 class DistillationObjective(CTCObjective):
     """Loss: the per-row terms (DML, distance, CTC) averaged over the real rows, as
-    CTCObjective's, plus each SAR term averaged over the global batch's real tokens."""
+    CTCObjective's, plus each SAR term averaged over the global batch's real tokens; the log
+    shows each term under Paddle's key (dml_ctc_0, loss_ctc_Student_1, ...)."""
 
     def __init__(self, loss_cfg: dict, student: str, ignore_index: int, metric_table=None,
                  label_key: str = "label_ctc"):
         super().__init__(build_loss({"name": "CTCLoss"}), metric_table, label_key)
         self.terms = combined_loss_terms(loss_cfg)
+        self.loss_names = tuple(n for t in self.terms for n in t.names)
         self.student = student
         self.ignore_index = int(ignore_index)
         self.sar = any(t.kind == "DistillationSARLoss" for t in self.terms)
@@ -28,26 +30,25 @@ class DistillationObjective(CTCObjective):
         return {"label_sar": batch["label_sar"], "valid_ratio": batch["valid_ratio"]}
 
     def loss(self, outputs, batch, mask):
-        rows = jnp.zeros(mask.shape[0], jnp.float32)
-        sar = 0.0
+        """The weighted terms, one value per model (pair) as Paddle logs them, and their sum."""
+        row_mean = lambda rows: jnp.sum(rows * mask) / mask.shape[0]
+        parts = []
         for t in self.terms:
-            if t.kind == "DistillationDMLLoss":
-                for a, b in t.models:
-                    rows += t.weight * dml_rows(t.pick(outputs, a), t.pick(outputs, b), t.act)
-            elif t.kind == "DistillationDistanceLoss":
-                for a, b in t.models:
-                    rows += t.weight * distance_rows(t.pick(outputs, a), t.pick(outputs, b),
-                                                     t.mode)
-            elif t.kind == "DistillationCTCLoss":
-                for m in t.models:
-                    rows += t.weight * self.loss_fn(t.pick(outputs, m), batch[self.label_key],
-                                                    batch["length"])
-            else:
-                for m in t.models:
-                    sar += t.weight * sar_global_mean(t.pick(outputs, m), batch["label_sar"],
-                                                      self.ignore_index, mask)
-        loss = jnp.sum(rows * mask) / mask.shape[0] + sar
-        return loss, jnp.mean(mask), self.metric(self.student_head(outputs), batch, mask)
+            for m in t.models:
+                if t.kind == "DistillationDMLLoss":
+                    value = row_mean(dml_rows(t.pick(outputs, m[0]), t.pick(outputs, m[1]), t.act))
+                elif t.kind == "DistillationDistanceLoss":
+                    value = row_mean(distance_rows(t.pick(outputs, m[0]), t.pick(outputs, m[1]),
+                                                   t.mode))
+                elif t.kind == "DistillationCTCLoss":
+                    value = row_mean(self.loss_fn(t.pick(outputs, m), batch[self.label_key],
+                                                  batch["length"]))
+                else:
+                    value = sar_global_mean(t.pick(outputs, m), batch["label_sar"],
+                                            self.ignore_index, mask)
+                parts.append(t.weight * value)
+        return sum(parts), jnp.mean(mask), self.metric(self.student_head(outputs), batch, mask,
+                                                       parts)
 
     def student_head(self, outputs):
         """The evaluated member's head output (its whole output without return_all_feats)."""

@@ -75,6 +75,17 @@ class YOLOObjective:
         self.mean, self.std, self.scale = norm.mean, norm.std, float(norm.scale)
 
     @staticmethod
+    def summarize(values) -> dict:
+        """The step's mean sums -> PaddleDetection's log values (each over the mean
+        assigned-scores sum clipped at 1, as Paddle logs them; loss_l1 per positive
+        coordinate)."""
+        v = dict(zip(SUMS, (float(x) for x in values)))
+        denom = max(v["scores_sum"], 1.0)
+        out = {f"loss_{k}": v[f"{k}_sum"] / denom for k in ("cls", "iou", "dfl")}
+        out["loss_l1"] = v["l1_sum"] / (4.0 * v["num_pos"]) if v["num_pos"] > 0 else 0.0
+        return out
+
+    @staticmethod
     def targets(batch):
         return None  # the model sees only the images
 
@@ -155,17 +166,6 @@ class YOLOTask:
         head = build_model(self.cfg["Architecture"]).head
         return YOLOObjective(self.cfg.get("Loss") or {}, self.cfg.get("PostProcess"), head,
                              self.norm, self.phase(0) if phase is None else phase)
-
-    @staticmethod
-    def summarize(values) -> dict:
-        """The step's mean sums -> PaddleDetection's log values (each over the mean
-        assigned-scores sum clipped at 1, as Paddle logs them; loss_l1 per positive
-        coordinate)."""
-        v = dict(zip(SUMS, (float(x) for x in values)))
-        denom = max(v["scores_sum"], 1.0)
-        out = {f"loss_{k}": v[f"{k}_sum"] / denom for k in ("cls", "iou", "dfl")}
-        out["loss_l1"] = v["l1_sum"] / (4.0 * v["num_pos"]) if v["num_pos"] > 0 else 0.0
-        return out
 
     def build_metric(self, source=None):
         return COCOMetric(gt=source, main_indicator=self.main_indicator)

@@ -342,7 +342,7 @@ def train(cfg: dict, mesh=None) -> dict:
     writer = _tensorboard(save_dir) if is_main() and g["use_tensorboard"] else None
     per_card = int(cfg["Train"]["loader"]["batch_size_per_card"])
     train_log = TrainLog(g, per_card, train_loader.global_batch, epoch_num, writer,
-                         comp.task.summarize if comp.objective.has_metric else None,
+                         comp.objective.summarize if comp.objective.has_metric else None,
                          comp.task.log_style)
 
     def snapshot():
