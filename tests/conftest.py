@@ -79,3 +79,19 @@ def yolo_overrides(save_dir, size=64, width=0.25, epochs=2):
             f"TrainReader.batch_transforms.0.BatchRandomResize.target_size=[{size}]",
             f"EvalReader.sample_transforms.1.Resize.target_size=[{size},{size}]",
             "PPYOLOEHead.static_assigner_epoch=1", "snapshot_epoch=1", "log_iter=1"]
+
+
+def run_multihost(args, procs: int, log_dir, timeout: int = 1200):
+    """`launch/multihost.py ARGS` on two CPU devices: one process holding both, or `procs`
+    processes of one device each (their logs in `log_dir`). Asserts it succeeded."""
+    import subprocess
+    import sys
+    cmd = [sys.executable, "launch/multihost.py", *args]
+    if procs > 1:
+        cmd += ["--nproc_per_host", str(procs), "--cpu_devices_per_process", "1",
+                "--log_dir", str(log_dir), "--shutdown_timeout", "60"]
+    else:
+        cmd += ["--cpu_devices", "2"]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=timeout)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return r

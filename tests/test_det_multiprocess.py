@@ -2,12 +2,10 @@
 steps and the sharded ICDAR eval, launched with --nproc_per_host as a user would.
 
 Slow (every worker compiles the step); CI runs it."""
-import subprocess
-import sys
 
 import pytest
 
-from conftest import ROOT, det_config_file
+from conftest import det_config_file, run_multihost
 from test_multiprocess import assert_close, eval_metrics, latest_params
 
 pytestmark = pytest.mark.slow
@@ -23,16 +21,8 @@ COMMON = ["Optimizer.name=Momentum", "Optimizer.lr.name=Const",
 
 
 def _run(cfg, save_dir, procs):
-    cmd = [sys.executable, "launch/multihost.py", "-c", cfg, "-o", *COMMON,
-           f"Global.save_model_dir={save_dir}"]
-    if procs > 1:
-        cmd += ["--nproc_per_host", str(procs), "--cpu_devices_per_process", "1",
-                "--log_dir", str(save_dir) + "_log", "--shutdown_timeout", "60"]
-    else:
-        cmd += ["--cpu_devices", "2"]
-    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=900)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    return r
+    return run_multihost(["-c", cfg, "-o", *COMMON, f"Global.save_model_dir={save_dir}"], procs,
+                         str(save_dir) + "_log", timeout=900)
 
 
 def test_two_processes_equal_one_process_for_db(tmp_path):

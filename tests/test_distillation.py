@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, run_multihost
 from jaxocr.config import ConfigError, load_config
 from jaxocr.distributed import data_mesh
 from jaxocr.losses import sar_token_losses
@@ -168,8 +168,6 @@ def test_a_frozen_member_does_not_move_and_the_other_learns():
 def test_two_processes_equal_one_process_for_the_distillation(tmp_path):
     """The toy-width distillation, 3 steps, as 2 processes x 1 device and 1 process x 2
     devices (launch/multihost.py, gloo): the same Teacher and Student."""
-    import subprocess
-    import sys
     from test_multiprocess import assert_close, latest_params
     over = ["Global.character_dict_path=ppocr/utils/en_dict.txt",
             "Train.dataset.transforms.4.RecResizeImg.image_shape=[3,32,128]",
@@ -188,16 +186,8 @@ def test_two_processes_equal_one_process_for_the_distillation(tmp_path):
         "Global.use_tensorboard=false", "Global.print_batch_step=1"]
 
     def run(save_dir, procs):
-        cmd = [sys.executable, "launch/multihost.py", "-c", DISTILL, "-o", *common,
-               f"Global.save_model_dir={save_dir}"]
-        if procs > 1:
-            cmd += ["--nproc_per_host", str(procs), "--cpu_devices_per_process", "1",
-                    "--log_dir", str(save_dir) + "_log", "--shutdown_timeout", "60"]
-        else:
-            cmd += ["--cpu_devices", "2"]
-        r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=1200)
-        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-        return r
+        return run_multihost(["-c", DISTILL, "-o", *common, f"Global.save_model_dir={save_dir}"],
+                             procs, str(save_dir) + "_log")
 
     two = run(tmp_path / "two", 2)
     run(tmp_path / "one", 1)

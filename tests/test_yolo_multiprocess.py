@@ -4,14 +4,12 @@ would (`-c CONFIG --eval`, PaddleDetection's `-o` keys).
 
 Slow (every worker compiles the step); CI runs it."""
 import re
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
 
-from conftest import QUICKSTART_YOLO, ROOT
+from conftest import QUICKSTART_YOLO, run_multihost
 from jaxocr.training.checkpoint import read_state, resolve
 from test_multiprocess import eval_metrics
 
@@ -32,16 +30,8 @@ COMMON = ["width_mult=0.25", "epoch=1", "TrainDataset.num_samples=12",
 
 
 def _run(save_dir, procs):
-    cmd = [sys.executable, "launch/multihost.py", "-c", QUICKSTART_YOLO, "--eval",
-           "-o", *COMMON, f"save_dir={save_dir}"]
-    if procs > 1:
-        cmd += ["--nproc_per_host", str(procs), "--cpu_devices_per_process", "1",
-                "--log_dir", str(save_dir) + "_log", "--shutdown_timeout", "60"]
-    else:
-        cmd += ["--cpu_devices", "2"]
-    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=1200)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    return r
+    return run_multihost(["-c", QUICKSTART_YOLO, "--eval", "-o", *COMMON, f"save_dir={save_dir}"],
+                         procs, str(save_dir) + "_log")
 
 
 def _latest(save_dir):
