@@ -104,7 +104,8 @@ IGNORED = {
     },
     # PaddleOCR overwrites lr.epochs with Global.epoch_num before building the schedule
     "Optimizer.lr": {"epochs"},
-    "Train.loader": {"use_shared_memory", "collate_fn"},
+    # num_sections (ch_PP-OCRv2_rec_distillation.yml) is read by no code of PaddleOCR's
+    "Train.loader": {"use_shared_memory", "collate_fn", "num_sections"},
     "Train.dataset": {"ds_width"},
     "wandb": None,  # a whole top-level section
     "profiler_options": None,  # top level in PaddleOCR's current configs

@@ -117,6 +117,9 @@ SHIPPED = {"rec_mv3_none_bilstm_ctc.yml": 1_451_787, "quickstart_crnn.yml": 1_45
            "ch_ppocr_v2.0/rec_chinese_lite_train_v2.0.yml": 1_081_377,  # the Chinese-lite CRNN
            "quickstart_chinese_lite.yml": 1_081_377,
            "ch_PP-OCRv2/ch_PP-OCRv2_rec.yml": 2_066_433,  # MobileNetV1Enhance + BiLSTM 64
+           "ch_PP-OCRv2/ch_PP-OCRv2_rec_distillation.yml": 2 * 2_066_433,  # Teacher + Student
+           # the same net; CenterLoss's 6,625 x 96 centres are not parameters (nor in Paddle)
+           "ch_PP-OCRv2/ch_PP-OCRv2_rec_enhanced_ctc_loss.yml": 2_066_433,
            # SVTR-LCNet: MobileNetV1Enhance 1,016,160, SVTR neck 1,192,880, CTC head, and the
            # SAR branch trained beside it (11,491,939 in en, 97 + 99 classes)
            "PP-OCRv3/en_PP-OCRv3_rec.yml": 13_707_284,

@@ -14,7 +14,7 @@ from conftest import ROOT, run_multihost
 from jaxocr.config import ConfigError, load_config
 from jaxocr.distributed import data_mesh
 from jaxocr.losses import sar_token_losses
-from jaxocr.losses.distillation import combined_loss_terms
+from jaxocr.losses.combined import combined_loss_terms
 from jaxocr.models import build_model
 from jaxocr.tasks.rec import RecTask
 from jaxocr.training.optimizer import build_optimizer, l2_factors

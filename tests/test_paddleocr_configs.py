@@ -28,7 +28,8 @@ STEPS = 6
 UPSTREAM = ["rec_mv3_none_bilstm_ctc.yml", "rec_mv3_none_none_ctc.yml", "rec_mv3_tps_bilstm_ctc.yml",
             "rec_r34_vd_none_bilstm_ctc.yml", "rec_svtrnet_ch.yml",
             "ch_ppocr_v2.0/rec_chinese_lite_train_v2.0.yml", "ch_PP-OCRv2/ch_PP-OCRv2_rec.yml",
-            "PP-OCRv3/en_PP-OCRv3_rec.yml", "PP-OCRv3/ch_PP-OCRv3_rec.yml",
+            "ch_PP-OCRv2/ch_PP-OCRv2_rec_distillation.yml",
+            "ch_PP-OCRv2/ch_PP-OCRv2_rec_enhanced_ctc_loss.yml", "PP-OCRv3/en_PP-OCRv3_rec.yml", "PP-OCRv3/ch_PP-OCRv3_rec.yml",
             "PP-OCRv3/ch_PP-OCRv3_rec_distillation.yml"]
 
 

@@ -227,20 +227,45 @@ class RecTask:
         loss_cfg = self.cfg.get("Loss") or {}
         name = loss_cfg.get("name", "CTCLoss")
         head = "DistillationModel" if self.distillation else \
-            self.cfg["Architecture"]["Head"].get("name")
-        expected = {"CombinedLoss": "DistillationModel", "MultiLoss": "MultiHead"}.get(name)
+            self.cfg["Architecture"]["Head"].get("name", "CTCHead")
+        if name == "CombinedLoss":
+            return self._combined_objective(loss_cfg, head, table)
+        expected = {"MultiLoss": "MultiHead"}.get(name)
         if (head in ("DistillationModel", "MultiHead") or expected) and head != expected:
             raise ConfigError(f"Loss {name} does not train an Architecture with "
                               f"{head}: MultiLoss trains MultiHead (PP-OCRv3), CombinedLoss a "
-                              "DistillationModel")
-        if name == "CombinedLoss":
-            from jaxocr.tasks.rec_distillation import DistillationObjective
-            student = infer_member(self.cfg["Architecture"])
-            return DistillationObjective(loss_cfg, student, self.sar_ignore_index, table,
-                                         self.label_key)
+                              "DistillationModel or a CTCHead")
         if name == "MultiLoss":
             return MultiLossObjective(multi_loss_parts(loss_cfg), self.sar_ignore_index, table)
         return CTCObjective(build_loss(loss_cfg), table)
+
+    def _combined_objective(self, loss_cfg: dict, head: str, table):
+        """CombinedLoss: Distillation* terms train a DistillationModel's members, CTCLoss and
+        CenterLoss one CTCHead recogniser (PP-OCRv2's enhanced CTC)."""
+        from jaxocr.losses.combined import DISTILLATION_TERMS
+        from jaxocr.tasks.rec_combined import CombinedObjective
+        try:
+            objective = CombinedObjective(
+                loss_cfg, infer_member(self.cfg["Architecture"]) if self.distillation else None,
+                self.sar_ignore_index, table, self.label_key, int(self.cfg["Global"]["seed"]))
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        for t in objective.terms:
+            if (t.kind in DISTILLATION_TERMS) != self.distillation:
+                raise ConfigError(f"Loss CombinedLoss: {t.kind} does not train an Architecture "
+                                  f"with {head} (the Distillation* terms train a "
+                                  "DistillationModel, CTCLoss and CenterLoss a CTCHead)")
+            if t.kind == "CenterLoss":
+                arch_head = self.cfg["Architecture"]["Head"]
+                if head != "CTCHead" or not arch_head.get("return_feats"):
+                    raise ConfigError("Loss CombinedLoss: CenterLoss reads the head's features:"
+                                      " it needs Architecture.Head CTCHead with return_feats: true")
+                width = arch_head.get("mid_channels")
+                feat_dim = dict(t.options).get("feat_dim", 96)
+                if width is not None and int(width) != int(feat_dim):
+                    raise ConfigError(f"Loss CombinedLoss: CenterLoss.feat_dim {feat_dim} is not "
+                                      f"the head's feature width (Head.mid_channels {width})")
+        return objective
 
     def build_metric(self, source=None):
         return build_metric(self.cfg.get("Metric"))

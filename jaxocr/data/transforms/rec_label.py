@@ -9,7 +9,8 @@ from jaxocr.data.transforms.common import BadSample
 
 
 class CTCLabelEncode:
-    """label str -> int32 ids padded with 0 (blank) to Global.max_text_length, plus `length`.
+    """label str -> int32 ids padded with 0 (blank) to Global.max_text_length, plus `length` and
+    `label_ace` (each class's count in the padded ids, Paddle's input of ACELoss).
 
     Encodes as PaddleOCR 2.7's CTCLabelEncode (`CharacterDict.encode_label`): characters outside
     the dictionary are skipped (`unknown_chars="drop"` rejects the label instead); an empty
@@ -38,14 +39,16 @@ class CTCLabelEncode:
                             f"({left})")
         label = np.zeros(self.max_text_length, np.int32)
         label[:len(ids)] = ids
-        data["label"] = label
-        data["length"] = np.int32(len(ids))
-        return data
+        return self._write(data, label, len(ids))
 
     def blank(self, data: dict) -> dict:
         """A masked row's label: all blank, length 0."""
-        data["label"] = np.zeros(self.max_text_length, np.int32)
-        data["length"] = np.int32(0)
+        return self._write(data, np.zeros(self.max_text_length, np.int32), 0)
+
+    def _write(self, data: dict, label, length: int) -> dict:
+        data["label"] = label
+        data["length"] = np.int32(length)
+        data["label_ace"] = np.bincount(label, minlength=self.charset.num_classes).astype(np.int32)
         return data
 
 
@@ -80,6 +83,7 @@ class MultiLabelEncode:
         sar = np.full(self.max_text_length, self.padding, np.int32)
         sar[:n + 2] = [self.start_end, *sar_ids, self.start_end]
         data["label_ctc"] = data.pop("label")
+        data.pop("label_ace")  # Paddle's MultiLabelEncode writes no ACE counts
         data["label_sar"] = sar
         return data
 

@@ -1,10 +1,12 @@
-"""PaddleOCR's CombinedLoss of a recognition distillation (``ppocr/losses/combined_loss.py``,
-``distillation_loss.py``): weighted terms over the members' outputs.
+"""PaddleOCR's CombinedLoss (``ppocr/losses/combined_loss.py``): weighted terms over a model's
+outputs -- a distillation's members (``distillation_loss.py``) or one recogniser's.
 
     DistillationDMLLoss       mutual KL between two members' softmaxes (a head's output)
     DistillationDistanceLoss  l2 / l1 distance between two members' features (backbone_out)
     DistillationCTCLoss       each listed member's CTC loss
     DistillationSARLoss       each listed member's SAR loss
+    CTCLoss                   the recogniser's CTC loss            (PP-OCRv2's enhanced CTC)
+    CenterLoss                its features' distance to fixed class centres   (center_loss.py)
 
 Every term but SAR's is a per-row loss averaged over the batch, as Paddle's (its DML and
 distance losses sum, resp. average, each row's elements and average the rows).
@@ -16,14 +18,17 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-TERMS = ("DistillationDMLLoss", "DistillationDistanceLoss", "DistillationCTCLoss",
-         "DistillationSARLoss")
+DISTILLATION_TERMS = ("DistillationDMLLoss", "DistillationDistanceLoss", "DistillationCTCLoss",
+                      "DistillationSARLoss")
+TERMS = (*DISTILLATION_TERMS, "CTCLoss", "CenterLoss")
 _OPTIONS = {
     "DistillationDMLLoss": {"model_name_pairs", "act", "use_log", "key", "multi_head",
                             "dis_head", "maps_name", "name"},
     "DistillationDistanceLoss": {"model_name_pairs", "mode", "key", "name"},
     "DistillationCTCLoss": {"model_name_list", "key", "multi_head", "name"},
     "DistillationSARLoss": {"model_name_list", "key", "multi_head", "name", "ignore_index"},
+    "CTCLoss": {"use_focal_loss"},
+    "CenterLoss": {"num_classes", "feat_dim", "center_file_path"},
 }
 
 
@@ -31,14 +36,17 @@ _OPTIONS = {
 class Term:
     kind: str                  # one of TERMS
     weight: float
-    models: tuple              # pairs (DML, distance) or names (CTC, SAR)
+    models: tuple              # pairs (DML, distance), names (CTC, SAR); (None,): the model
     key: str | None = None     # the member output it reads: head_out, backbone_out, ...
     branch: str | None = None  # MultiHead's output it reads: ctc | sar (multi_head)
     act: str | None = None
     mode: str = "l2"
     names: tuple = ()          # the log's key for each model (pair), as Paddle's loss dicts
+    options: tuple = ()        # CTCLoss's and CenterLoss's own, as (key, value) pairs
 
-    def pick(self, outputs: dict, model: str):
+    def pick(self, outputs, model: str | None):
+        if model is None:  # a term of a plain model reads its whole output
+            return outputs
         out = outputs[model]
         out = out[self.key] if self.key is not None else out
         return out[self.branch] if self.branch is not None else out
@@ -68,6 +76,12 @@ def combined_loss_terms(loss_cfg: dict) -> list[Term]:
             raise ValueError(f"{where}: unknown option(s) {unknown}; accepted: "
                              f"{sorted(_OPTIONS[name])}")
         multi = bool(opts.get("multi_head", False))
+        if name in ("CTCLoss", "CenterLoss"):
+            # Paddle's CTCLoss returns {'loss': ...}, which the CombinedLoss total overwrites
+            names = () if name == "CTCLoss" else ("loss_center",)
+            terms.append(Term(name, weight, (None,), names=names,
+                              options=tuple(sorted(opts.items()))))
+            continue
         if name in ("DistillationDMLLoss", "DistillationDistanceLoss"):
             pairs = opts.get("model_name_pairs") or []
             pairs = [pairs] if pairs and isinstance(pairs[0], str) else pairs
