@@ -50,6 +50,7 @@ class Cluster:
     process_id: int | None = None
     local_device_ids: list[int] | None = None
     own_address: str | None = None  # this host's address from --ips, for gloo to bind to
+    bind_address: str | None = None  # where process 0's coordinator listens (default: coordinator)
 
     @property
     def explicit(self) -> bool:
@@ -79,7 +80,8 @@ def host_rank_from_ips(ips: list[str]) -> int:
 
 
 def cluster_from_flags(ips=None, start_port=17000, coordinator=None, num_processes=None,
-                       process_id=None, gpus=None, nproc_per_host=1, local_rank=0) -> Cluster:
+                       process_id=None, gpus=None, nproc_per_host=1, local_rank=0,
+                       coordinator_bind_address=None) -> Cluster:
     """Resolve this process's place in the job from the launcher flags (or none: env/alone)."""
     local_ids = [int(g) for g in str(gpus).split(",")] if gpus not in (None, "") else None
     if ips:
@@ -87,13 +89,33 @@ def cluster_from_flags(ips=None, start_port=17000, coordinator=None, num_process
         host = host_rank_from_ips(ips)
         return Cluster(coordinator=f"{ips[0]}:{start_port}", num_processes=len(ips) * nproc_per_host,
                        process_id=host * nproc_per_host + local_rank, local_device_ids=local_ids,
-                       own_address=ips[host])
+                       own_address=ips[host], bind_address=coordinator_bind_address)
     coordinator = coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS")
     if coordinator:
         if num_processes is None or process_id is None:
             raise LaunchError("--coordinator needs --num_processes and --process_id")
-        return Cluster(coordinator, int(num_processes), int(process_id), local_ids)
-    return Cluster(local_device_ids=local_ids)
+        return Cluster(coordinator, int(num_processes), int(process_id), local_ids,
+                       bind_address=coordinator_bind_address)
+    return Cluster(local_device_ids=local_ids, bind_address=coordinator_bind_address)
+
+
+def coordinator_bind_address(cluster: Cluster) -> str | None:
+    """Where process 0's coordination service listens: the address it was given, never every
+    interface unless asked (JAX's default is `[::]:port`, with no authentication)."""
+    if cluster.bind_address or not cluster.explicit or cluster.process_id != 0:
+        return cluster.bind_address
+    host = cluster.coordinator.rsplit(":", 1)[0].strip("[]")
+    try:
+        ips = {a[4][0] for a in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)}
+    except socket.gaierror as e:
+        raise LaunchError(f"the coordinator address {cluster.coordinator} does not resolve "
+                          f"({e.strerror})") from None
+    if not any(is_local_address(ip) for ip in ips):
+        raise LaunchError(
+            f"process 0 runs the coordinator, but {cluster.coordinator} is not an address of "
+            f"this host ({socket.gethostname()}); pass --coordinator_bind_address with a local "
+            f"HOST:PORT (0.0.0.0:PORT listens on every interface: private networks only)")
+    return cluster.coordinator
 
 
 def in_cluster_env() -> bool:
@@ -113,6 +135,9 @@ def initialize(cluster: Cluster, init_timeout=300, heartbeat_timeout=40, shutdow
     kwargs = dict(initialization_timeout=int(init_timeout),
                   heartbeat_timeout_seconds=int(heartbeat_timeout),
                   shutdown_timeout_seconds=int(shutdown_timeout))
+    bind = coordinator_bind_address(cluster)
+    if bind:
+        kwargs["coordinator_bind_address"] = bind
     if cluster.explicit:
         kwargs.update(coordinator_address=cluster.coordinator, num_processes=cluster.num_processes,
                       process_id=cluster.process_id, local_device_ids=cluster.local_device_ids)
@@ -137,8 +162,11 @@ def initialize(cluster: Cluster, init_timeout=300, heartbeat_timeout=40, shutdow
             f"{where} within {time.monotonic() - t0:.0f} s (--init_timeout {init_timeout}): "
             f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     jax_internals.warn_if_unchecked()
-    if cluster.own_address:
-        _bind_gloo_to(cluster.own_address)
+    if not cluster.explicit and not bind and jax.process_index() == 0:
+        log.warning("the coordinator (from the cluster environment) listens on every interface; "
+                    "pass --coordinator_bind_address HOST:PORT to restrict it")
+    if cluster.explicit:
+        _bind_gloo_to(cluster.own_address or job_failure.local_ip_towards(cluster.coordinator))
     _announce(init_timeout)
     log.info("joined the job: process %d of %d (coordinator %s)", jax.process_index(),
              jax.process_count(), where)

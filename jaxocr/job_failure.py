@@ -34,7 +34,7 @@ def in_job() -> bool:
     return len(_peers) > 1
 
 
-def _local_ip_towards(address: str) -> str:
+def local_ip_towards(address: str) -> str:
     """This host's address on the route to `address` (a UDP connect sends nothing)."""
     host, port = address.rsplit(":", 1)
     host = host.strip("[]")
@@ -49,7 +49,7 @@ def _open_listener(coordinator: str | None) -> str:
     global _listener
     if not coordinator:
         raise RuntimeError("the coordinator address is unknown")
-    ip = _local_ip_towards(coordinator)
+    ip = local_ip_towards(coordinator)
     _listener = socket.create_server((ip, 0), family=socket.AF_INET6 if ":" in ip
                                      else socket.AF_INET, backlog=128)
     # a forked child (a data-loader worker) must not keep answering for a dead parent

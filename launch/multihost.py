@@ -20,6 +20,10 @@ def parser():
     g = p.add_argument_group("multi-host")
     g.add_argument("--coordinator", default=None,
                    help="HOST:PORT of process 0 (default: $JAX_COORDINATOR_ADDRESS)")
+    g.add_argument("--coordinator_bind_address", default=None,
+                   help="HOST:PORT process 0's coordinator listens on (default: the coordinator "
+                        "address itself; 0.0.0.0:PORT listens on every interface, e.g. behind "
+                        "NAT: keep it on a private network, it has no authentication)")
     g.add_argument("--num_processes", type=int, default=None)
     g.add_argument("--process_id", type=int, default=None)
     g.add_argument("--ips", default=None, help="comma-separated host list; the first is trainer0")
@@ -60,7 +64,7 @@ def main():
     cfg = cli.load(args)  # config errors surface before waiting for peers
     cluster = distributed.cluster_from_flags(
         args.ips, args.start_port, args.coordinator, args.num_processes, args.process_id,
-        args.gpus, args.workers_per_host, args.local_rank)
+        args.gpus, args.workers_per_host, args.local_rank, args.coordinator_bind_address)
     distributed.initialize(cluster, args.init_timeout, args.heartbeat_timeout,
                            args.shutdown_timeout)
     from jaxocr.training.loop import train
@@ -121,6 +125,8 @@ def supervise(args):
         common += ["--eval"]
     if args.cpu_devices_per_process:
         common += ["--cpu_devices_per_process", str(args.cpu_devices_per_process)]
+    if args.coordinator_bind_address:
+        common += ["--coordinator_bind_address", args.coordinator_bind_address]
     commands = []
     for rank in range(k):
         cmd = common + place(rank)

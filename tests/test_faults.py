@@ -175,3 +175,43 @@ def test_processes_with_different_configs_refuse_to_train_naming_the_odd_one(tmp
         log = open(tmp_path / f"host{i}.log").read()
         assert "processes [1] run a different config than process 0" in log, log[-3000:]
         assert "Traceback" not in log
+
+
+def listening_addresses(pid) -> list[tuple[str, int]]:
+    """The (address, port) of every TCP socket process `pid` listens on, from /proc."""
+    import socket
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:["):-1])
+    found = []
+    for table, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
+        for line in open(f"/proc/{pid}/net/{table}").read().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] != "0A" or fields[9] not in inodes:  # 0A: LISTEN
+                continue
+            ip_hex, port_hex = fields[1].split(":")
+            raw = bytes.fromhex(ip_hex)  # 32-bit words in host (little-endian) order
+            raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+            ip = socket.inet_ntop(family, raw)
+            found.append((ip.removeprefix("::ffff:"), int(port_hex, 16)))  # v4-mapped v6
+    return found
+
+
+def test_a_two_process_job_on_127_0_0_1_listens_on_no_wildcard_address(tmp_path):
+    port = free_port()
+    procs = [start_host(tmp_path, i, port) for i in (0, 1)]
+    try:
+        wait_for(tmp_path / "host0.log", "global_step: 3,")  # both step (only 0 logs)
+        sockets = {i: listening_addresses(p.pid) for i, p in enumerate(procs)}
+    finally:
+        for p in procs:
+            p.kill()
+    # the coordinator, gloo and the liveness socket: all there, none on 0.0.0.0 or [::]
+    assert ("127.0.0.1", port) in sockets[0], sockets
+    assert all(len(s) >= 2 for s in sockets.values()), sockets
+    assert all(ip == "127.0.0.1" for s in sockets.values() for ip, _ in s), sockets

@@ -103,7 +103,7 @@ def test_one_failed_publication_stops_peer_naming_everywhere_promptly(monkeypatc
 
 
 def test_a_process_that_cannot_open_its_socket_still_publishes(monkeypatch, caplog):
-    monkeypatch.setattr(job_failure, "_local_ip_towards",
+    monkeypatch.setattr(job_failure, "local_ip_towards",
                         lambda address: (_ for _ in ()).throw(OSError("Network is unreachable")))
     solo = FakeCoordination(1)
     solo.store[f"{job_failure.KEY}0"] = "127.0.0.1:9 host0 pid 5"
@@ -209,3 +209,22 @@ def test_private_jax_apis_exist_in_this_jax():
     assert not jax_internals.version_checked("0.12.0")
     assert jax_internals.version_checked("0.11.1")
 
+
+
+# ---- where the coordinator listens ----
+
+def test_the_coordinator_binds_to_the_address_it_was_given_not_every_interface():
+    from jaxocr.distributed import LaunchError, cluster_from_flags, coordinator_bind_address
+    given = cluster_from_flags(coordinator="127.0.0.1:1234", num_processes=2, process_id=0)
+    assert coordinator_bind_address(given) == "127.0.0.1:1234"
+    by_name = cluster_from_flags(coordinator="localhost:1234", num_processes=2, process_id=0)
+    assert coordinator_bind_address(by_name) == "localhost:1234"
+    assert coordinator_bind_address(cluster_from_flags(
+        coordinator="127.0.0.1:1234", num_processes=2, process_id=1)) is None  # not its service
+    asked = cluster_from_flags(coordinator="192.0.2.1:1234", num_processes=2, process_id=0,
+                               coordinator_bind_address="0.0.0.0:1234")
+    assert coordinator_bind_address(asked) == "0.0.0.0:1234"
+    # 192.0.2.0/24 is reserved for documentation: never this host's address
+    elsewhere = cluster_from_flags(coordinator="192.0.2.1:1234", num_processes=2, process_id=0)
+    with pytest.raises(LaunchError, match="not an address of this host.*--coordinator_bind_address"):
+        coordinator_bind_address(elsewhere)
