@@ -25,7 +25,7 @@ KNOWN = {
         "save_epoch_step", "eval_batch_step", "cal_metric_during_train", "pretrained_model",
         "checkpoints", "infer_img", "character_dict_path", "character_type", "max_text_length",
         "use_space_char", "save_res_path", "seed", "use_sync_bn", "use_amp", "amp_dtype",
-        "use_tensorboard", "conv_impl", "prefetch",
+        "use_tensorboard", "conv_impl", "prefetch", "skip_nonfinite_updates",
         "auto_resume", "save_every_steps", "save_every_minutes", "compilation_cache_dir",
         # from PaddleDetection configs (config_ppdet.py): eval every N epochs (--eval), the EMA
         # of the weights, the checkpoint eval / infer read (`weights`)
@@ -121,7 +121,8 @@ DEFAULTS = {
         "character_dict_path": None, "max_text_length": 25, "use_space_char": False,
         "seed": 1024, "use_sync_bn": False, "use_amp": False, "amp_dtype": "bfloat16",
         "use_tensorboard": True, "conv_impl": "auto", "prefetch": 2,
-        "auto_resume": True, "save_every_steps": None, "save_every_minutes": None,
+        "skip_nonfinite_updates": False, "auto_resume": True, "save_every_steps": None,
+        "save_every_minutes": None,
         "compilation_cache_dir": "auto",
     },
     "loader": {"shuffle": True, "drop_last": True, "batch_size_per_card": 256, "num_workers": 2,

@@ -87,8 +87,8 @@ def cluster_from_flags(ips=None, start_port=17000, coordinator=None, num_process
     if ips:
         ips = [ip.strip() for ip in str(ips).split(",") if ip.strip()]
         host = host_rank_from_ips(ips)
-        return Cluster(coordinator=f"{ips[0]}:{start_port}", num_processes=len(ips) * nproc_per_host,
-                       process_id=host * nproc_per_host + local_rank, local_device_ids=local_ids,
+        return Cluster(coordinator=f"{ips[0]}:{start_port}",
+                       num_processes=len(ips) * nproc_per_host, process_id=host * nproc_per_host + local_rank, local_device_ids=local_ids,
                        own_address=ips[host], bind_address=coordinator_bind_address)
     coordinator = coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS")
     if coordinator:

@@ -1,5 +1,6 @@
 """End-to-end training on the built-in synthetic data: resume, bad data, CLI errors."""
 import os
+import re
 import subprocess
 import sys
 
@@ -75,8 +76,9 @@ def test_train_log_reads_a_line_after_the_next_step_and_smooths_acc(caplog):
     log = TrainLog({"log_smooth_window": 3, "cal_metric_during_train": True}, 2, 8, 1, None,
                    CTCObjective(None, metric_table=object()).summarize)
     accs = [0.0, 0.5, 1.0, 1.0]
-    for a in accs:
-        log.add({"loss": jax.numpy.asarray(1.0), "metric": jax.numpy.asarray([8 * a, 0.0, 8.0])})
+    for step, a in enumerate(accs, 1):
+        log.add({"loss": jax.numpy.asarray(1.0), "metric": jax.numpy.asarray([8 * a, 0.0, 8.0]),
+                 "nonfinite": jax.numpy.asarray(0)}, step)
     context = {"epoch": 0, "step": 4, "lr": 0.1, "steps": 4, "reader_cost": 0.0,
                "steps_left": 8, "skipped": 0}
     import re
@@ -94,6 +96,43 @@ def test_train_log_reads_a_line_after_the_next_step_and_smooths_acc(caplog):
     cost = float(re.search(r"avg_batch_cost: ([0-9.]+) s", caplog.text).group(1))
     assert 0.1 <= cost < 0.2, caplog.text
     assert "eta: 0:00:0" in caplog.text  # 8 steps left at ~0.1 s
+
+
+def _outs(losses):
+    jnp = jax.numpy
+    return [{"loss": jnp.asarray(x), "metric": jnp.zeros(1),
+             "nonfinite": jnp.asarray(int(not np.isfinite(x)))} for x in losses]
+
+
+LINE = {"epoch": 0, "lr": 0.1, "reader_cost": 0.0, "steps_left": 8, "skipped": 0}
+
+
+def test_train_log_stops_at_the_first_non_finite_step_or_counts_skipped_ones(caplog):
+    from jaxocr.training.loop import NonFiniteLoss, TrainLog
+    log = TrainLog({"log_smooth_window": 5}, 2, 8, 1, None)
+    for step, out in enumerate(_outs([1.0, 2.0, np.nan, np.inf]), 1):
+        log.add(out, step)
+    log.start_line({**LINE, "step": 4, "steps": 4})
+    with pytest.raises(NonFiniteLoss, match="global_step 3: the loss is nan"):
+        log.flush()
+
+    # before a checkpoint write, the steps not yet in a line are checked too
+    log = TrainLog({"log_smooth_window": 5}, 2, 8, 1, None)
+    for step, out in enumerate(_outs([1.0, np.inf]), 7):
+        log.add(out, step)
+    with pytest.raises(NonFiniteLoss, match="global_step 8: the loss is inf") as e:
+        log.check()
+    assert "skip_nonfinite_updates" in str(e.value)
+
+    skipping = TrainLog({"log_smooth_window": 5, "skip_nonfinite_updates": True}, 2, 8, 1, None)
+    for step, out in enumerate(_outs([1.0, np.nan, 3.0, np.inf]), 1):
+        skipping.add(out, step)
+    skipping.check()
+    with caplog.at_level("INFO", logger="jaxocr"):
+        skipping.start_line({**LINE, "step": 4, "steps": 4})
+        skipping.flush()
+    assert "nonfinite_skipped: 2" in caplog.text
+    assert skipping.last["loss"] == 2.0  # the median of the finite steps only
 
 
 def test_corrupt_images_and_unknown_labels_are_skipped_and_counted(tmp_path):
@@ -209,3 +248,44 @@ def test_use_amp_computes_in_bfloat16_and_keeps_float32_state(tmp_path):
         assert dtypes == {np.dtype("float32")}
     assert np.isfinite(losses[True])
     assert losses[True] == pytest.approx(losses[False], rel=0.05)  # same init, same batch
+
+
+def test_a_non_finite_loss_stops_the_run_with_the_latest_checkpoint_intact_or_is_skipped(
+        tmp_path):
+    from jaxocr.training import checkpoint
+    from jaxocr.training.loop import NonFiniteLoss
+    run = tmp_path / "run"
+    train(tiny_config(run, "Global.max_steps=4", "Global.save_every_steps=2"))
+    diverge = ["Global.max_steps=8", "Global.save_every_steps=2", "Global.print_batch_step=1",
+               "Optimizer.lr.learning_rate=1e9", "Optimizer.lr.warmup_epoch=0"]
+    with pytest.raises(NonFiniteLoss) as stopped:
+        train(tiny_config(run, *diverge))  # resumes at 4; step 5's update blows the weights up
+    assert stopped.value.step == 6, str(stopped.value)
+    latest = str(run / "latest" / "4")
+    assert f"the latest checkpoint, {latest}, is intact" in str(stopped.value)
+    assert checkpoint.newest(str(run)) == latest  # the save due at step 6 was not written
+    saved = checkpoint.read_state(latest)["params"]
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(saved))
+
+    result = train(tiny_config(run, *diverge, "Global.skip_nonfinite_updates=true"))
+    assert result["global_step"] == 8
+    text = open(run / "train.log").read().split("resumed from")[-1]
+    skipped = [int(n) for n in re.findall(r"nonfinite_skipped: (\d+)", text)]
+    assert skipped == [1, 2, 3], text  # steps 6, 7 and 8 left the state as it was
+    params = jax.device_get(result["state"].params)
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
+
+
+def test_the_cli_ends_a_non_finite_run_with_one_line(monkeypatch, capsys):
+    from jaxocr import cli, host_memory
+    from jaxocr.training.loop import NonFiniteLoss
+    monkeypatch.setattr(host_memory, "restart_with_huge_pages", lambda: None)
+
+    def diverging():
+        raise NonFiniteLoss(6, float("nan"), "/runs/a/latest/4")
+    with pytest.raises(SystemExit) as exit_:
+        cli.run(diverging)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1, err
+    assert err.startswith("jaxocr: error: global_step 6: the loss is nan")
+    assert "/runs/a/latest/4" in err

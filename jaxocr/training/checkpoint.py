@@ -42,7 +42,9 @@ restore_weights(path, variables, sharding) -> (variables, meta)
 read_state(path) -> dict, load_pretrained(source, variables) -> variables
     The saved state as host arrays; PaddleOCR's `pretrained_model` (weights only, entries of
     another shape reported and skipped).
-Checkpointer(save_dir)
+Checkpointer(save_dir, before_write=None)
+    `before_write()` runs before every write of a state (the loop's check that no step so far
+    was non-finite: it raises, and nothing is written).
     save(state, meta, kind="latest" | "best" | "snapshot", *, best=False, block=False) -> bool
         Starts an asynchronous save at meta["global_step"] (False when that step of that kind
         exists). One save in flight at a time: it first settles the previous one (waits,
@@ -514,10 +516,11 @@ class _Pending:
 class Checkpointer:
     """latest/, best_accuracy/ and snapshots/ of one run directory; see the module docstring."""
 
-    def __init__(self, save_dir: str):
+    def __init__(self, save_dir: str, before_write=None):
         self.save_dir = os.path.abspath(save_dir)
         self._managers = {}
         self._pending: _Pending | None = None
+        self._before_write = before_write or (lambda: None)
 
     def _manager(self, kind: str):
         if kind not in KINDS:
@@ -549,6 +552,7 @@ class Checkpointer:
         self._settle(True, state, meta)
         if step in manager.all_steps():
             return False
+        self._before_write()
         pending = _Pending(kind, step, self.path(kind, step))
         try:
             manager.save(step, args=self._args(state, meta))
@@ -616,6 +620,7 @@ class Checkpointer:
         step = int(meta["global_step"])
         path = self.path(failed.kind, step)
         log.warning("saving global_step %d again, synchronously, to %s", step, path)
+        self._before_write()
         error = None
         try:
             manager.reload()  # forget the failed step on every process alike

@@ -97,7 +97,8 @@ class Components:
         task with training phases (PP-YOLOE's assigners) has one per `task.phase(epoch)`."""
         objective = self.objective if phase is None else self.task.objective(phase)
         return make_train_step(self.model, tx, objective, self.mesh, self.dtype,
-                               sync_grads=sync_grads, ema_decay=self.ema_decay)
+                               sync_grads=sync_grads, ema_decay=self.ema_decay,
+                               skip_nonfinite=bool(self.cfg["Global"]["skip_nonfinite_updates"]))
 
     def eval_view(self, state):
         """The weights evaluation, `best` and inference use (the EMA's when kept)."""
@@ -186,11 +187,14 @@ class TrainLog:
                  summarize=None, style: str = "paddleocr"):
         self.windows = collections.defaultdict(
             lambda: collections.deque(maxlen=int(g["log_smooth_window"])))
+        self.skip_nonfinite = bool(g.get("skip_nonfinite_updates"))
+        self.nonfinite_skipped = 0
         self.per_card, self.global_batch, self.epoch_num = per_card, global_batch, epoch_num
         self.summarize = summarize  # the step's metric vector -> the line's values
         self.style = style          # "paddleocr" or "ppdet" (PaddleDetection's LogPrinter)
         self.writer = writer
         self.pending: list = []   # device outputs of the steps since the last line
+        self.pending_steps: list[int] = []  # their global steps
         self.ready = None         # a line's outputs in flight to the host, with its context
         self.last: dict = {}
         self.t_done = time.perf_counter()  # when the previous line's last step had finished
@@ -199,29 +203,52 @@ class TrainLog:
         """After work outside the steps (an eval): the next line's time starts now."""
         self.t_done = time.perf_counter()
 
-    def add(self, out):
+    def add(self, out, global_step: int):
         self.pending.append(out)
+        self.pending_steps.append(global_step)
 
     def start_line(self, context: dict):
         for out in self.pending:
             for x in jax.tree.leaves(out):
                 x.copy_to_host_async()
         self.flush()
-        self.ready, self.pending = (self.pending, context), []
+        self.ready = (self.pending, self.pending_steps, context)
+        self.pending, self.pending_steps = [], []
+
+    def check(self):
+        """Before a checkpoint write: NonFiniteLoss if any step so far was non-finite (waits
+        for the steps in flight; the write would wait for them anyway)."""
+        self.flush()
+        if not self.skip_nonfinite:
+            self._stop_if_nonfinite(jax.device_get([o["nonfinite"] for o in self.pending]),
+                                    jax.device_get([o["loss"] for o in self.pending]),
+                                    self.pending_steps)
+
+    def _stop_if_nonfinite(self, flags, losses, steps):
+        for flag, loss, step in zip(flags, losses, steps):
+            if int(flag):
+                raise NonFiniteLoss(step, float(loss))
 
     def flush(self):
         if self.ready is None:
             return
-        outs, c = self.ready
+        outs, steps, c = self.ready
         self.ready = None
         outs = jax.device_get(outs)
+        flags = [int(out["nonfinite"]) for out in outs]
+        if self.skip_nonfinite:
+            self.nonfinite_skipped += sum(flags)
+        else:
+            self._stop_if_nonfinite(flags, [out["loss"] for out in outs], steps)
         # The line's steps have finished now (reading their outputs waited for them): its
         # batch cost is device time, whatever the host dispatched ahead before an eval.
         now = time.perf_counter()
         c = {**c, "batch_cost": max(now - self.t_done, 1e-9) / c["steps"]}
         c["eta"] = c["steps_left"] * c["batch_cost"]
         self.t_done = now
-        for out in outs:
+        for out, flag in zip(outs, flags):
+            if flag:  # a skipped update: its values would turn the medians into nan
+                continue
             self.windows["loss"].append(float(out["loss"]))
             if self.summarize:
                 for k, v in self.summarize(out["metric"]).items():
@@ -244,12 +271,28 @@ class TrainLog:
                     f"ips: {self.per_card / c['batch_cost']:.5f} samples/s, eta: {eta}")
         if c["skipped"]:
             line += f", skipped_images: {c['skipped']}"
+        if self.nonfinite_skipped:
+            line += f", nonfinite_skipped: {self.nonfinite_skipped}"
         log.info(line)
         if self.writer:
             for k, v in last.items():
                 self.writer.add_scalar(f"train/{k}", v, c["step"])
             self.writer.add_scalar("train/ips_total", self.global_batch / c["batch_cost"],
                                    c["step"])
+
+
+class NonFiniteLoss(RuntimeError):
+    """A step's loss or gradients were inf or nan: training stops before that state is saved."""
+
+    def __init__(self, step: int, loss: float, latest: str | None = None):
+        self.step, self.loss, self.latest = step, loss, latest
+        kept = (f"the latest checkpoint, {latest}, is intact (it precedes that step)" if latest
+                else "no checkpoint had been saved")
+        super().__init__(
+            f"global_step {step}: the loss is {loss:g} or a gradient is inf / nan; training "
+            f"stopped without saving that state, and {kept}. Lower the learning rate or check "
+            f"the data and resume, or set Global.skip_nonfinite_updates: true to skip such "
+            f"steps")
 
 
 def enable_compilation_cache(g: dict, save_dir: str):
@@ -334,7 +377,6 @@ def train(cfg: dict, mesh=None) -> dict:
 
     eval_step = comp.eval_step()
     eval_epochs = int(g.get("eval_epoch_step") or 0)
-    ckpt = checkpoint.Checkpointer(save_dir)
     cadence = checkpoint.Cadence(g.get("save_every_steps") or 0,
                                  g.get("save_every_minutes") or 0.0, start_step=global_step)
     preemption = Preemption()
@@ -344,6 +386,7 @@ def train(cfg: dict, mesh=None) -> dict:
     train_log = TrainLog(g, per_card, train_loader.global_batch, epoch_num, writer,
                          comp.objective.summarize if comp.objective.has_metric else None,
                          comp.task.log_style)
+    ckpt = checkpoint.Checkpointer(save_dir, before_write=train_log.check)
 
     def snapshot():
         return {"global_step": global_step, "best_metric": best, "data_epoch": data_epoch,
@@ -361,68 +404,74 @@ def train(cfg: dict, mesh=None) -> dict:
     if global_step < total_steps and data_epoch < epoch_num:
         stream = train_loader.stream(data_epoch, data_offset, comp.batch_sharding,
                                      int(g["prefetch"]))
-    for device, host in stream or ():
-        if int(np.ravel(host["epoch"])[0]) != epoch:  # a resumed position, under a batch left
-            epoch, offset, left = int(np.ravel(host["epoch"])[0]), 0, steps_per_epoch
-        state, out = train_steps(comp.task.phase(epoch), state, device)
-        train_log.flush()  # the previous line's values, now that this step is queued
-        train_log.add(out)
-        global_step += 1
-        steps_mark += 1
-        offset += train_loader.global_batch
-        left -= 1
-        end_of_epoch = left == 0
-        if end_of_epoch:  # after a resume under another batch the epoch's last partial step
-            global_step = (epoch + 1) * steps_per_epoch  # is dropped: count as a restart does
-        data_epoch, data_offset = (epoch + 1, 0) if end_of_epoch else (epoch, offset)
-        skipped += int(np.sum(host["bad"]))
-        progress.step(global_step)
-        if bar:
-            bar.update(1)
-        finished = global_step >= total_steps
-        if global_step % print_every == 0 or end_of_epoch or finished:
-            train_log.start_line({
-                "epoch": epoch, "step": global_step, "lr": float(schedule(global_step - 1)),
-                "epoch_step": steps_per_epoch - left - 1, "steps_per_epoch": steps_per_epoch,
-                "steps": steps_mark, "reader_cost": (stream.wait_s - wait_mark) / steps_mark,
-                "steps_left": total_steps - global_step, "skipped": skipped})
-            wait_mark, steps_mark = stream.wait_s, 0
-            ckpt.poll(state, snapshot())
-        eval_now = _eval_due(global_step, g["eval_batch_step"]) or (
-            end_of_epoch and eval_epochs > 0 and (epoch + 1) % eval_epochs == 0)
-        if eval_loader is not None and eval_now:
-            train_log.flush()
-            cur = evaluate(comp, comp.eval_view(state), eval_step, eval_loader)
-            log.info("cur metric, %s", _fmt(cur))
-            if writer:
-                for k, v in cur.items():
-                    writer.add_scalar(f"eval/{k}", v, global_step)
-            if cur[main_key] >= best.get(main_key, -1.0):
-                best = {**cur, "best_epoch": epoch + 1, "global_step": global_step}
-                ckpt.save(state, snapshot(), kind="best")
-            log.info("best metric, %s", _fmt(best))
-            train_log.restart_clock()
-        if end_of_epoch:
-            ckpt.save(state, snapshot())  # latest, every epoch, as PaddleOCR
-            if save_epochs > 0 and (epoch + 1) % save_epochs == 0:
-                ckpt.save(state, snapshot(), kind="snapshot")  # kept: PaddleOCR's iter_epoch_N
-            epoch, offset, left = epoch + 1, 0, steps_per_epoch
-        elif cadence.due(global_step):
-            ckpt.save(state, snapshot())
-        if preemption.reached(global_step):
-            log.warning("preempted at global_step %d: saving a checkpoint and exiting",
-                        global_step)
-            break
-        if finished:
-            break
-    train_log.flush()
-    train_steps.close()
-    if stream is not None:
-        stream.close()
-    train_loader.close()
-    if eval_loader is not None:
-        eval_loader.close()
-    ckpt.save(state, snapshot())
+    try:
+        for device, host in stream or ():
+            if int(np.ravel(host["epoch"])[0]) != epoch:  # a resumed position, a batch left
+                epoch, offset, left = int(np.ravel(host["epoch"])[0]), 0, steps_per_epoch
+            state, out = train_steps(comp.task.phase(epoch), state, device)
+            train_log.flush()  # the previous line's values, now that this step is queued
+            train_log.add(out, global_step + 1)
+            global_step += 1
+            steps_mark += 1
+            offset += train_loader.global_batch
+            left -= 1
+            end_of_epoch = left == 0
+            if end_of_epoch:  # after a resume under another batch the epoch's last partial
+                global_step = (epoch + 1) * steps_per_epoch  # step is dropped, as on a restart
+            data_epoch, data_offset = (epoch + 1, 0) if end_of_epoch else (epoch, offset)
+            skipped += int(np.sum(host["bad"]))
+            progress.step(global_step)
+            if bar:
+                bar.update(1)
+            finished = global_step >= total_steps
+            if global_step % print_every == 0 or end_of_epoch or finished:
+                train_log.start_line({
+                    "epoch": epoch, "step": global_step, "lr": float(schedule(global_step - 1)),
+                    "epoch_step": steps_per_epoch - left - 1,
+                    "steps_per_epoch": steps_per_epoch, "steps": steps_mark,
+                    "reader_cost": (stream.wait_s - wait_mark) / steps_mark,
+                    "steps_left": total_steps - global_step, "skipped": skipped})
+                wait_mark, steps_mark = stream.wait_s, 0
+                ckpt.poll(state, snapshot())
+            eval_now = _eval_due(global_step, g["eval_batch_step"]) or (
+                end_of_epoch and eval_epochs > 0 and (epoch + 1) % eval_epochs == 0)
+            if eval_loader is not None and eval_now:
+                train_log.flush()
+                cur = evaluate(comp, comp.eval_view(state), eval_step, eval_loader)
+                log.info("cur metric, %s", _fmt(cur))
+                if writer:
+                    for k, v in cur.items():
+                        writer.add_scalar(f"eval/{k}", v, global_step)
+                if cur[main_key] >= best.get(main_key, -1.0):
+                    best = {**cur, "best_epoch": epoch + 1, "global_step": global_step}
+                    ckpt.save(state, snapshot(), kind="best")
+                log.info("best metric, %s", _fmt(best))
+                train_log.restart_clock()
+            if end_of_epoch:
+                ckpt.save(state, snapshot())  # latest, every epoch, as PaddleOCR
+                if save_epochs > 0 and (epoch + 1) % save_epochs == 0:
+                    ckpt.save(state, snapshot(), kind="snapshot")  # PaddleOCR's iter_epoch_N
+                epoch, offset, left = epoch + 1, 0, steps_per_epoch
+            elif cadence.due(global_step):
+                ckpt.save(state, snapshot())
+            if preemption.reached(global_step):
+                log.warning("preempted at global_step %d: saving a checkpoint and exiting",
+                            global_step)
+                break
+            if finished:
+                break
+        train_log.flush()
+        ckpt.save(state, snapshot())
+    except NonFiniteLoss as e:
+        ckpt.close()  # the save in flight is of an earlier, checked state: let it finish
+        raise NonFiniteLoss(e.step, e.loss, checkpoint.newest(save_dir)) from None
+    finally:
+        train_steps.close()
+        if stream is not None:
+            stream.close()
+        train_loader.close()
+        if eval_loader is not None:
+            eval_loader.close()
     ckpt.close(state, snapshot())  # a failed last save is retried synchronously
     if bar:
         bar.close()

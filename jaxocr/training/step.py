@@ -102,7 +102,7 @@ def pmean_flat(tree, axis_name=AXIS):
 
 
 def make_train_step(model, tx, objective, mesh, dtype=jnp.float32, sync_grads: bool = True,
-                    ema_decay: float = 0.9998):
+                    ema_decay: float = 0.9998, skip_nonfinite: bool = False):
     """Returns step(state, batch) -> (state, out).
 
     `objective` is the task's part of the step (tasks/rec.py's CTCObjective, tasks/det.py's
@@ -125,6 +125,11 @@ def make_train_step(model, tx, objective, mesh, dtype=jnp.float32, sync_grads: b
     `sync_grads=False` all-reduces only the loss, after the backward pass: devices then train
     apart but still run in lockstep. The scaling benchmark uses it to separate the cost of
     running in step from the cost of moving the gradients.
+
+    out["nonfinite"] is 1 where the averaged loss or any averaged gradient is inf or nan (the
+    same on every device: it is read after the all-reduce). The loop stops on it; with
+    `skip_nonfinite` such a step leaves weights, BN statistics, optimizer state and EMA as they
+    were (only the step count moves on), and the loop counts it.
     """
 
     share_floor = float(objective.share_floor) / mesh.size  # on the mean over devices
@@ -156,18 +161,25 @@ def make_train_step(model, tx, objective, mesh, dtype=jnp.float32, sync_grads: b
             ready = sum(g.reshape(-1)[0] for g in jax.tree.leaves(grads))
             loss = jax.lax.pmean(jnp.stack([loss, ready]), AXIS)[0]
         share = jnp.maximum(share, share_floor)
+        finite = jnp.isfinite(loss / share) & jnp.all(
+            jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
         grads = jax.tree.map(lambda g: g / share, grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ema = state.ema
         if ema is not None:
             ema = ema_update(ema, params, batch_stats, state.step, ema_decay)
-        new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                                  opt_state=opt_state, ema=ema)
-        return new_state, {"loss": loss / share, "metric": metric}
+        new_state = state.replace(params=params, batch_stats=batch_stats, opt_state=opt_state,
+                                  ema=ema)
+        if skip_nonfinite:
+            new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state,
+                                     state)
+        new_state = new_state.replace(step=state.step + 1)
+        return new_state, {"loss": loss / share, "metric": metric,
+                           "nonfinite": (~finite).astype(jnp.int32)}
 
     sharded = shard_map(per_device, mesh, in_specs=(P(), P(AXIS)),
-                        out_specs=(P(), {"loss": P(), "metric": P()}))
+                        out_specs=(P(), {"loss": P(), "metric": P(), "nonfinite": P()}))
     return jax.jit(sharded, donate_argnums=(0,))
 
 
