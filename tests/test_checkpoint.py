@@ -283,6 +283,41 @@ def test_foreign_checkpoint_is_one_clear_error(tmp_path):
         checkpoint.restore_weights(str(tmp_path), other, SHARDING)
 
 
+def test_a_checkpoint_of_another_model_or_dictionary_is_refused_before_reading_arrays(tmp_path):
+    arch = {"model_type": "rec", "Backbone": {"name": "MobileNetV3", "scale": 0.5},
+            "Head": {"name": "CTCHead", "out_channels": 5}}
+    saved = checkpoint.model_identity(arch, list("abcd"))
+    ckpt = Checkpointer(str(tmp_path))
+    ckpt.save(_state(), {**_meta(2), "model": saved})
+    ckpt.close()
+    same = checkpoint.model_identity(json_copy(arch), list("abcd"))
+    restored, meta = checkpoint.restore(str(tmp_path), _state(seed=9), SHARDING, same)
+    assert meta["model"] == saved
+    _assert_tree_equal(restored.params, _state().params)
+
+    wider = json_copy(arch)
+    wider["Backbone"]["scale"] = 0.35
+    with pytest.raises(CheckpointError) as e:
+        checkpoint.restore(str(tmp_path), _state(), SHARDING, checkpoint.model_identity(
+            wider, list("abcd")), advice="train in a new Global.save_model_dir")
+    text = str(e.value)
+    assert "\n" not in text and str(tmp_path / "latest" / "2") in text
+    assert ("belongs to another model: Architecture.Backbone.scale: 0.5 in the checkpoint, "
+            "0.35 here; train in a new Global.save_model_dir") in text
+    # the same shapes, another dictionary of the same size: no shape error would catch it
+    with pytest.raises(CheckpointError, match="the character dictionary differs"):
+        checkpoint.restore(str(tmp_path), _state(), SHARDING,
+                           checkpoint.model_identity(arch, list("abce")))
+    # a checkpoint saved before the identity was: taken as it is
+    _save(tmp_path / "old", 2)
+    checkpoint.restore(str(tmp_path / "old"), _state(), SHARDING, same)
+
+
+def json_copy(x):
+    import json
+    return json.loads(json.dumps(x))
+
+
 def test_damaged_checkpoint_is_one_clear_error(tmp_path):
     _save(tmp_path, 2)
     state_dir = tmp_path / "latest" / "2" / "state"

@@ -289,3 +289,14 @@ def test_the_cli_ends_a_non_finite_run_with_one_line(monkeypatch, capsys):
     assert exit_.value.code == 2 and err.count("\n") == 1, err
     assert err.startswith("jaxocr: error: global_step 6: the loss is nan")
     assert "/runs/a/latest/4" in err
+
+
+def test_auto_resume_into_a_run_of_another_model_refuses_naming_the_difference(tmp_path):
+    from jaxocr.training.checkpoint import CheckpointError
+    run = tmp_path / "run"
+    train(tiny_config(run, "Global.max_steps=1"))
+    with pytest.raises(CheckpointError) as e:
+        train(tiny_config(run, "Global.max_steps=2", "Architecture.Neck.hidden_size=32"))
+    text = str(e.value)
+    assert "Architecture.Neck.hidden_size: 48 in the checkpoint, 32 here" in text, text
+    assert "Global.auto_resume: false" in text and "\n" not in text

@@ -81,6 +81,8 @@ CheckpointSaveError(RuntimeError): a save failed and so did its synchronous retr
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 import math
 import os
@@ -337,11 +339,51 @@ def _read(directory: str, step: int, wanted: dict, sharding, need: tuple[str, ..
         return dict(restored["state"]), dict(meta), skipped
 
 
-def restore(path: str, state, sharding) -> tuple[object, dict]:
+def model_identity(architecture: dict, characters: list[str] | None = None) -> dict:
+    """What a checkpoint must share with a run that resumes it, saved in its meta: the
+    `Architecture` section (with the class counts the task filled in) and a digest of a
+    recogniser's characters in order (a same-size dictionary shapes the head alike)."""
+    chars = (hashlib.sha256("\n".join(characters).encode()).hexdigest()[:16]
+             if characters is not None else None)
+    return json.loads(json.dumps({"Architecture": architecture, "characters": chars},
+                                 default=str))
+
+
+def _identity_differences(saved, here, prefix="") -> list[str]:
+    if isinstance(saved, dict) and isinstance(here, dict):
+        return [d for k in sorted(set(saved) | set(here), key=str)
+                for d in _identity_differences(saved.get(k), here.get(k),
+                                               f"{prefix}.{k}" if prefix else str(k))]
+    if saved == here:
+        return []
+    if prefix == "characters":
+        return ["the character dictionary differs"]
+    return [f"{prefix}: {saved!r} in the checkpoint, {here!r} here"]
+
+
+def read_meta(path: str) -> dict:
+    """The meta saved with a checkpoint (global step, data position, best metric, model)."""
+    directory, step = resolve(path)
+    with _reading(os.path.join(directory, str(step))), ocp.CheckpointManager(directory) as r:
+        meta = r.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    return dict(meta or {})
+
+
+def restore(path: str, state, sharding, identity: dict | None = None,
+            advice: str = "") -> tuple[object, dict]:
     """The full train state onto `sharding`; the optimizer state re-initialised (one warning)
-    when the saved one does not fit this config's optimizer."""
+    when the saved one does not fit this config's optimizer. With `identity` (model_identity),
+    a checkpoint saved with another one is refused before any array is read: CheckpointError
+    naming the differences, then `advice` (checkpoints from before the identity was saved
+    are taken as they are)."""
     directory, step = resolve(path)
     where = os.path.join(directory, str(step))
+    if identity is not None:
+        saved = read_meta(path).get("model")
+        diffs = _identity_differences(saved, identity) if saved is not None else []
+        if diffs:
+            raise CheckpointError(f"checkpoint {where} belongs to another model: "
+                                  f"{_summary(diffs)}{'; ' + advice if advice else ''}")
     wanted = flax.serialization.to_state_dict(state)
     restored, meta, skipped = _read(directory, step, wanted, sharding, need=_CORE)
     if "opt_state" in skipped:

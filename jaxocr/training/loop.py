@@ -345,8 +345,15 @@ def train(cfg: dict, mesh=None) -> dict:
     meta = {"global_step": 0, "best_metric": {}}
     resume = checkpoint.resume_source(save_dir, g.get("checkpoints"), g["auto_resume"])
     check_same_start(checkpoint.resolve(resume)[1] if resume else -1)
+    identity = checkpoint.model_identity(
+        cfg["Architecture"], getattr(getattr(comp.task, "charset", None), "characters", None))
     if resume:
-        state, meta = checkpoint.restore(resume, state, comp.repl)
+        own = resume != g.get("checkpoints")
+        advice = ("it is this run directory's own (Global.auto_resume): train in a new "
+                  "Global.save_model_dir, or set Global.auto_resume: false" if own else
+                  "Global.checkpoints resumes the same model; Global.pretrained_model starts "
+                  "from another's weights (tensors of another shape skipped)")
+        state, meta = checkpoint.restore(resume, state, comp.repl, identity, advice)
     elif g.get("pretrained_model"):
         loaded = checkpoint.load_pretrained(
             g["pretrained_model"], {"params": state.params, "batch_stats": state.batch_stats},
@@ -390,7 +397,8 @@ def train(cfg: dict, mesh=None) -> dict:
 
     def snapshot():
         return {"global_step": global_step, "best_metric": best, "data_epoch": data_epoch,
-                "data_offset": data_offset, "global_batch": train_loader.global_batch}
+                "data_offset": data_offset, "global_batch": train_loader.global_batch,
+                "model": identity}
 
     # ---- loop ----
     print_every = int(g["print_batch_step"])
