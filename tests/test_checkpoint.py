@@ -132,7 +132,7 @@ class _Background:
         self.release.wait(30)
         if self.fail:
             self.fail -= 1
-            raise OSError(28, "No space left on device")
+            raise OSError(5, "Input/output error")  # transient (a network filesystem's hiccup)
         return self.original(*args, **kwargs)
 
 
@@ -173,7 +173,7 @@ def test_failed_async_save_is_reported_and_saved_again_synchronously(tmp_path, m
         got = _poll_until(ckpt, state, _meta(3))  # the loop passes its current state
     assert got == str(tmp_path / "latest" / "3")
     assert f"checkpoint save failed: {tmp_path / 'latest' / '2'}: OSError" in caplog.text
-    assert "No space left on device" in caplog.text
+    assert "Input/output error" in caplog.text
     assert f"saved checkpoint {tmp_path / 'latest' / '3'}" in caplog.text
     assert f"saved checkpoint {tmp_path / 'latest' / '2'}" not in caplog.text
     # the failed step stays an unfinished temporary directory: never resumed from
@@ -196,7 +196,7 @@ def test_failed_save_and_failed_retry_raise_one_clear_error(tmp_path, monkeypatc
     assert isinstance(e.value, RuntimeError)
     text = str(e.value)
     assert "\n" not in text and str(tmp_path / "best_accuracy" / "2") in text
-    assert "No space left on device" in text and str(tmp_path / "best_accuracy" / "3") in text
+    assert "Input/output error" in text and str(tmp_path / "best_accuracy" / "3") in text
     assert e.value.path == str(tmp_path / "best_accuracy" / "2")
     assert isinstance(e.value.cause, OSError)
     ckpt.close()
@@ -458,3 +458,92 @@ def test_two_processes_save_with_no_device_collective_and_wait_for_a_late_one(tm
         assert "gathered [[0, 1], [10, 11], [20, 21]]" in out and "saved" in out, out[-3000:]
         assert "Gloo" not in out, out[-3000:]
     assert resolve(str(tmp_path / "run")) == (str(tmp_path / "run" / "latest"), 2)
+
+
+# ---------------------------------------------------------------- a save cut short
+
+def _big_state(seed):
+    """A train state of 16 MiB of weights, so that a save takes a while and fills a disk."""
+    k = jax.random.PRNGKey(seed)
+    variables = {"params": {"w": jax.random.normal(k, (1024, 4096))}, "batch_stats": {}}
+    tx, _ = build_optimizer({"name": "SGD", "lr": {"learning_rate": 0.1}}, {},
+                            variables["params"], 10, 1)
+    return create_state(variables, tx, 0)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 40 MiB tmpfs the test may fill (root only: skipped, with the reason, otherwise)."""
+    import subprocess
+    where = tmp_path / "disk"
+    where.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small filesystem needs root")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(where)],
+                       capture_output=True, text=True)
+    if r.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    yield where
+    subprocess.run(["umount", "-l", str(where)])
+
+
+def test_a_full_disk_ends_the_save_with_one_clear_line_and_the_previous_checkpoint_intact(
+        small_disk):
+    run = small_disk / "run"
+    ckpt = Checkpointer(str(run))
+    first = _big_state(1)
+    ckpt.save(first, _meta(2))
+    ckpt.wait()
+    free = os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize
+    with open(small_disk / "filler", "wb") as f:  # leave 4 MiB: logs fit, a checkpoint not
+        f.truncate(0)
+        os.posix_fallocate(f.fileno(), 0, free - 4 * 2**20)
+    with pytest.raises(CheckpointSaveError) as e:
+        ckpt.save(_big_state(2), _meta(4))
+        ckpt.close(_big_state(2), _meta(4))
+    text = str(e.value)
+    assert "\n" not in text and str(run / "latest" / "4") in text
+    assert "the disk is full (No space left on device" in text, text
+    assert f"the previous checkpoint, {run / 'latest' / '2'}, is intact" in text
+    assert e.value.retry_path is None  # no synchronous retry into a full disk
+    assert checkpoint.newest(str(run)) == str(run / "latest" / "2")
+    restored, meta = checkpoint.restore(str(run), _big_state(3), SHARDING)
+    assert meta["global_step"] == 2
+    _assert_tree_equal(restored.params, first.params)
+
+
+KILLED_MID_SAVE = """
+import os, signal, sys, time
+sys.path.insert(0, {tests!r})
+from test_checkpoint import _big_state, _meta
+from jaxocr.training.checkpoint import Checkpointer
+ckpt = Checkpointer({run!r})
+ckpt.save(_big_state(1), _meta(2))
+ckpt.wait()
+ckpt.save(_big_state(2), _meta(4))  # asynchronous: the write runs in the background
+tmp = [d for d in os.listdir(os.path.join({run!r}, "latest")) if d.startswith("4.")]
+print("killed while writing", tmp, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_save_killed_midway_is_never_loaded_and_the_run_resumes_from_the_previous_one(
+        tmp_path):
+    import subprocess
+    import sys
+    run = str(tmp_path / "run")
+    code = KILLED_MID_SAVE.format(tests=os.path.dirname(__file__), run=run)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == -9, r.stderr[-2000:]
+    assert "killed while writing ['4.orbax-checkpoint-tmp" in r.stdout, r.stdout
+    assert sorted(os.listdir(os.path.join(run, "latest")))[0] == "2"  # 4 left unfinished
+    assert checkpoint.newest(run) == os.path.join(run, "latest", "2")
+    restored, meta = checkpoint.restore(run, _big_state(3), SHARDING)
+    assert meta["global_step"] == 2
+    _assert_tree_equal(restored.params, _big_state(1).params)
+    # and the resumed run saves that step again over the unfinished one
+    ckpt = Checkpointer(run)
+    ckpt.save(_big_state(2), _meta(4))
+    ckpt.close()
+    assert checkpoint.newest(run) == os.path.join(run, "latest", "4")

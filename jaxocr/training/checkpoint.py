@@ -81,11 +81,13 @@ CheckpointSaveError(RuntimeError): a save failed and so did its synchronous retr
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
 import math
 import os
+import shutil
 import time
 from collections.abc import Mapping
 
@@ -95,6 +97,19 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 log = logging.getLogger("jaxocr")
+
+
+class _WithoutTraceback(logging.Filter):
+    """Orbax logs a failed background write with its traceback; the failure reaches the user
+    as one CheckpointSaveError line, so its log record keeps only the message."""
+
+    def filter(self, record):
+        if record.exc_info and record.levelno >= logging.ERROR:
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+logging.getLogger("absl").addFilter(_WithoutTraceback())
 
 # The train state is replicated: one replica writes each array. (Orbax's CPU default splits
 # every array over the replicas, compiling a slice per leaf shape at the first save -- 30 s for
@@ -142,15 +157,45 @@ class CheckpointError(ValueError):
 
 
 class CheckpointSaveError(RuntimeError):
-    """A checkpoint save failed, and so did the synchronous retry of the current state."""
+    """A checkpoint save failed, and so did the synchronous retry of the current state (none
+    is tried on a full disk). `previous`: the newest complete checkpoint, still intact."""
 
-    def __init__(self, path: str, cause, retry_path: str | None = None, retry_cause=None):
+    def __init__(self, path: str, cause, retry_path: str | None = None, retry_cause=None,
+                 previous: str | None = None):
         self.path, self.cause = path, cause
         self.retry_path, self.retry_cause = retry_path, retry_cause
-        msg = f"checkpoint save failed: {path}: {_one_line(cause)}"
-        if retry_path is not None:
-            msg += f"; saving again to {retry_path} failed too: {_one_line(retry_cause)}"
+        if disk_full(cause) or disk_full(retry_cause):
+            kept = (f"the previous checkpoint, {previous}, is intact: free space, then run the "
+                    f"same command to resume from it" if previous else
+                    "there is no earlier checkpoint: free space and start again")
+            msg = (f"checkpoint save failed: {path}: the disk is full (No space left on "
+                   f"device; {_free_space(path)} free there now); {kept}")
+        else:
+            msg = f"checkpoint save failed: {path}: {_one_line(cause)}"
+            if retry_path is not None:
+                msg += f"; saving again to {retry_path} failed too: {_one_line(retry_cause)}"
         super().__init__(msg)
+
+
+def disk_full(e) -> bool:
+    """Whether a save failed for want of space (orbax / tensorstore report ENOSPC as text)."""
+    while e is not None:
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            return True
+        if "No space left on device" in str(e) or "os_error_code='28'" in str(e):
+            return True
+        e = e.__cause__ if isinstance(e, BaseException) else None
+    return False
+
+
+def _free_space(path: str) -> str:
+    while path and not os.path.exists(path):
+        path = os.path.dirname(path)
+    try:
+        free = shutil.disk_usage(path or ".").free
+    except OSError:
+        return "unknown"
+    return f"{free / 2**20:.1f} MiB"
 
 
 def _one_line(e) -> str:
@@ -529,7 +574,7 @@ def load_pretrained(source: str, variables: dict, model=None, image_shape=None) 
 
 # ---------------------------------------------------------------- saving
 
-RUNNING, DONE, FAILED = 0, 1, 2
+RUNNING, DONE, FAILED, DISK_FULL = 0, 1, 2, 3
 
 
 def _gather(code: int) -> list[int]:
@@ -543,6 +588,8 @@ def _gather(code: int) -> list[int]:
 
 def _agree(code: int) -> int:
     codes = _gather(code)
+    if DISK_FULL in codes:  # no retry anywhere: the disk is shared, or this host's is full
+        return DISK_FULL
     if FAILED in codes:
         return FAILED
     return DONE if all(c == DONE for c in codes) else RUNNING
@@ -600,7 +647,7 @@ class Checkpointer:
             manager.save(step, args=self._args(state, meta))
         except Exception as e:
             log.error("checkpoint save failed: %s: %s", pending.path, _one_line(e))
-            raise CheckpointSaveError(pending.path, e) from e
+            raise CheckpointSaveError(pending.path, e, previous=newest(self.save_dir)) from e
         self._pending = pending
         if block:
             self._settle(True, state, meta)
@@ -634,7 +681,7 @@ class Checkpointer:
             manager.wait_until_finished()
             p.local = DONE
         except Exception as e:
-            p.local, p.error = FAILED, e
+            p.local, p.error = DISK_FULL if disk_full(e) else FAILED, e
         return p.local
 
     def _settle(self, block: bool, state, meta) -> str | None:
@@ -644,7 +691,7 @@ class Checkpointer:
         agreed = _agree(self._local_status(p, block))
         if agreed == RUNNING:
             return None
-        if agreed == FAILED:
+        if agreed in (FAILED, DISK_FULL):
             self._local_status(p, True)  # this process's own save may still be finishing
         self._pending = None
         if agreed == DONE:
@@ -652,8 +699,12 @@ class Checkpointer:
             return p.path
         cause = p.error or "failed on another process"
         log.error("checkpoint save failed: %s: %s", p.path, _one_line(cause))
+        if agreed == DISK_FULL:
+            raise CheckpointSaveError(p.path, cause if disk_full(cause) else OSError(
+                errno.ENOSPC, "No space left on device (on another process)"),
+                previous=newest(self.save_dir))
         if state is None or meta is None:
-            raise CheckpointSaveError(p.path, cause)
+            raise CheckpointSaveError(p.path, cause, previous=newest(self.save_dir))
         return self._save_now(p, cause, state, meta)
 
     def _save_now(self, failed: _Pending, cause, state, meta) -> str:
@@ -674,7 +725,8 @@ class Checkpointer:
         if _agree(FAILED if error else DONE) == FAILED:
             error = error or "failed on another process"
             log.error("checkpoint save failed again: %s: %s", path, _one_line(error))
-            raise CheckpointSaveError(failed.path, cause, path, error) from (
+            raise CheckpointSaveError(failed.path, cause, path, error,
+                                      previous=newest(self.save_dir)) from (
                 error if isinstance(error, BaseException) else None)
         log.info("saved checkpoint %s", path)
         return path
