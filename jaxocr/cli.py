@@ -49,6 +49,7 @@ def run(main):
     from jaxocr import job_failure
     from jaxocr.distributed import LaunchError
     from jaxocr.training.checkpoint import CheckpointError, CheckpointSaveError
+    from jaxocr.data.sources import DatasetError
     from jaxocr.training.loop import NonFiniteLoss
     logging.basicConfig(level=logging.WARNING, format="[%(asctime)s] %(name)s %(levelname)s: "
                         "%(message)s", datefmt="%Y/%m/%d %H:%M:%S", force=True)
@@ -56,7 +57,7 @@ def run(main):
     try:
         return main()
     except (ConfigError, FileNotFoundError, LaunchError, CheckpointError,
-            CheckpointSaveError, NonFiniteLoss) as e:
+            CheckpointSaveError, NonFiniteLoss, DatasetError) as e:
         if os.environ.get("JAXOCR_TRACEBACK"):
             raise
         if job_failure.in_job():  # peers may be waiting for this process in a collective

@@ -180,6 +180,72 @@ def test_simple_dataset_filters_and_bad_images(tmp_path):
         build_source({**cfg, "unknown_chars": "keep"}, "eval", cs, G, seed=0)
 
 
+def test_bad_label_lines_and_paths_outside_data_dir_are_counted_skips_named_by_line(
+        tmp_path, caplog):
+    data = tmp_path / "data"
+    label_file = write_label_file_dataset(data, 6, ALNUM, seed=3)
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(open(os.path.join(data, "images", "img_000000.png"), "rb").read())
+    with open(label_file, "ab") as f:
+        f.write(b"images/img_000001.png abc\n")        # line 7: a space, not the tab
+        f.write(b"images/img_\xff.png\tabc\n")          # line 8: not UTF-8
+        f.write(f"{secret}\tabc\n".encode())           # line 9: absolute, outside data_dir
+        f.write(b"../secret.png\tabc\n")               # line 10: '..' out of data_dir
+        f.write(b"images/../images/img_000002.png\tab\n")  # inside after all: kept
+    with caplog.at_level("WARNING", logger="jaxocr"):
+        src = build_source({"name": "SimpleDataSet", "data_dir": str(data),
+                            "label_file_list": [label_file]}, "train", CharacterDict(), G, 0)
+    assert src.dropped == {"malformed": 2, "outside_data_dir": 2}
+    assert len(src) == 7 and str(secret) not in src.paths
+    assert f"{label_file}:7 (no '\\t' between image path and label)" in caplog.text
+    assert f"{label_file}:8 (not UTF-8)" in caplog.text
+    assert f"{label_file}:9 {secret}" in caplog.text and f"{label_file}:10 ../secret.png" in \
+        caplog.text and "leads outside data_dir" in caplog.text
+
+
+def _lmdb(tmp_path, n=20):
+    write_lmdb_dataset(tmp_path / "lmdb" / "a", n, ALNUM, seed=1)
+    return tmp_path / "lmdb", tmp_path / "lmdb" / "a" / "data.mdb"
+
+
+def test_a_truncated_or_corrupt_lmdb_is_one_clear_error_not_a_crash(tmp_path):
+    from jaxocr.data.sources import DatasetError
+    root, mdb = _lmdb(tmp_path)
+    full = mdb.read_bytes()
+    mdb.write_bytes(full[:len(full) // 2])  # an interrupted copy: reading it would be SIGBUS
+    section = {"name": "LMDBDataSet", "data_dir": str(root)}
+    with pytest.raises(DatasetError, match=r"data.mdb is truncated \(\d+ bytes of the \d+ its "
+                                           r"header records"):
+        build_source(section, "train", CharacterDict(), G, 0)
+    mdb.write_bytes(b"not an lmdb" * 1000)
+    with pytest.raises(DatasetError, match=r"cannot be opened \(.*File is not an LMDB file\)"):
+        build_source(section, "train", CharacterDict(), G, 0)
+
+
+def test_an_lmdb_without_num_samples_is_one_clear_error_a_missing_label_a_bad_sample(tmp_path):
+    import lmdb
+    from jaxocr.data.sources import DatasetError
+    env = lmdb.open(str(tmp_path / "x"), map_size=1 << 22)
+    with env.begin(write=True) as txn:
+        txn.put(b"label-000000001", b"abc")
+    env.close()
+    with pytest.raises(DatasetError, match="no valid 'num-samples' key"):
+        build_source({"name": "LMDBDataSet", "data_dir": str(tmp_path)}, "train",
+                     CharacterDict(), G, 0)
+    env = lmdb.open(str(tmp_path / "y"), map_size=1 << 22)
+    with env.begin(write=True) as txn:  # label 2 without its image
+        txn.put(b"num-samples", b"2")
+        txn.put(b"image-000000001", b"png")
+        txn.put(b"label-000000001", b"abc")
+        txn.put(b"label-000000002", b"abd")
+    env.close()
+    src = build_source({"name": "LMDBDataSet", "data_dir": str(tmp_path / "y")}, "train",
+                       CharacterDict(), G, 0)
+    assert len(src) == 2
+    with pytest.raises(BadSample, match="no image-000000002"):
+        src.load(1)
+
+
 def test_simple_dataset_ratio_and_missing_label_file(tmp_path):
     label_file = write_label_file_dataset(tmp_path, 40, ALNUM, seed=0)
     cs = CharacterDict()

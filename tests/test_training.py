@@ -171,6 +171,16 @@ def test_cli_misspelt_key_and_missing_label_file(tmp_path):
              f"Train.dataset.data_dir={tmp_path}", f"Train.dataset.label_file_list=[{missing}]",
              f"Global.save_model_dir={tmp_path / 'out'}")
     assert r.returncode == 2 and str(missing) in r.stderr and "Traceback" not in r.stderr
+    # a truncated LMDB: one line, not a SIGBUS or a traceback from inside lmdb
+    from jaxocr.data.fixtures import write_lmdb_dataset
+    write_lmdb_dataset(tmp_path / "lmdb" / "a", 8, "abc", seed=0)
+    mdb = tmp_path / "lmdb" / "a" / "data.mdb"
+    mdb.write_bytes(mdb.read_bytes()[:8192])
+    r = _cli("launch/multihost.py", "-c", QUICKSTART, "-o", "Train.dataset.name=LMDBDataSet",
+             f"Train.dataset.data_dir={tmp_path / 'lmdb'}", f"Global.save_model_dir={tmp_path}")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert r.stderr.strip().splitlines()[-1].startswith("jaxocr: error: LMDB ")
+    assert "data.mdb is truncated" in r.stderr
 
 
 def test_eval_and_infer_clis_on_a_trained_checkpoint(tmp_path):

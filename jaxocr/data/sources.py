@@ -61,6 +61,18 @@ STAT_CHUNK = 1024    # paths per task, so the pool's overhead is per chunk, not 
 MISSING_EXAMPLES = 5
 
 
+class DatasetError(ValueError):
+    """The data itself cannot be used (a corrupt or truncated LMDB): one line, no traceback."""
+
+
+def _inside(root: str, rel: str) -> bool:
+    """Whether `rel`, joined to `root`, stays under it (lexically: symlinked folders inside
+    `root` may point anywhere)."""
+    root = os.path.abspath(root)
+    full = os.path.abspath(os.path.join(root, rel))
+    return full == root or full.startswith(root.rstrip(os.sep) + os.sep)
+
+
 def ctc_frames_needed(ids) -> int:
     """Output frames CTC needs to emit `ids`: one per id, plus a blank between equal neighbours."""
     return len(ids) + sum(1 for a, b in zip(ids, ids[1:]) if a == b)
@@ -189,25 +201,43 @@ class SimpleDataSet:
         paths: list[str] = []
         labels: list[str] = []
         counts = []
+        malformed, outside = [], []  # (file:line, why) and paths, the first few shown
         for path in files:
             before = len(paths)
             with open(path, "rb") as f:
-                lines = [ln for ln in f.read().splitlines() if ln.strip()]
-            for raw in lines:
+                lines = f.read().splitlines()
+            for lineno, raw in enumerate(lines, 1):
+                if not raw.strip():
+                    continue
                 try:
                     line = raw.decode("utf-8")
                 except UnicodeDecodeError:
                     dropped["malformed"] += 1
+                    malformed.append(f"{path}:{lineno} (not UTF-8)")
                     continue
                 parts = line.split(delimiter)
                 if len(parts) < 2 or not parts[0]:
                     dropped["malformed"] += 1
+                    malformed.append(f"{path}:{lineno} (no {delimiter!r} between image path "
+                                     f"and label)")
+                    continue
+                if not _inside(self.data_dir, parts[0]):
+                    dropped["outside_data_dir"] += 1
+                    outside.append(f"{path}:{lineno} {parts[0]}")
                     continue
                 # PaddleOCR takes the second field as the label (a third one is ignored)
                 if keep(parts[1]):
                     paths.append(parts[0])
                     labels.append(parts[1])
             counts.append(len(paths) - before)
+        if malformed:
+            log.warning("SimpleDataSet: %d malformed label line(s) skipped, e.g. %s",
+                        len(malformed), "; ".join(malformed[:MISSING_EXAMPLES]))
+        if outside:
+            log.warning("SimpleDataSet: %d sample(s) skipped, their image path leads outside "
+                        "data_dir %s (an absolute path or '..'; jaxocr reads images only under "
+                        "data_dir: set it to a folder that holds them), e.g. %s", len(outside),
+                        self.data_dir, "; ".join(outside[:MISSING_EXAMPLES]))
 
         absent = missing_files(self.data_dir, paths)
         if absent:
@@ -301,11 +331,26 @@ def lmdb_env(path: str):
         with _ENV_LOCK:
             env = _ENVS.get(path)
             if env is None:
-                import lmdb
+                env = _ENVS[path] = _open_lmdb(path)
+    return env
 
-                env = _ENVS[path] = lmdb.open(path, readonly=True, lock=False,
-                                              readahead=False, meminit=False, max_readers=512,
-                                              subdir=True)
+
+def _open_lmdb(path: str):
+    """Open read-only, refusing a truncated data.mdb: LMDB maps the file, and reading a page
+    past its end kills the process with SIGBUS rather than raising."""
+    import lmdb
+    try:
+        env = lmdb.open(path, readonly=True, lock=False, readahead=False, meminit=False,
+                        max_readers=512, subdir=True)
+        needed = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+    except lmdb.Error as e:
+        raise DatasetError(f"LMDB {path}: cannot be opened ({str(e).split(': ')[-1]}): a "
+                           f"corrupt data.mdb? rebuild it, or move it out of data_dir") from None
+    size = os.path.getsize(os.path.join(path, "data.mdb"))
+    if size < needed:
+        env.close()
+        raise DatasetError(f"LMDB {path}: data.mdb is truncated ({size} bytes of the {needed} "
+                           f"its header records; an interrupted copy?): copy or rebuild it")
     return env
 
 
@@ -322,11 +367,22 @@ def find_lmdb_dirs(data_dir: str) -> list[str]:
 def _scan_labels(path: str, keep: LabelFilter):
     """(num-samples, bool[n+1] of usable 1-based keys) of one LMDB; problems counted by `keep`.
     Labels are walked with one cursor in key order (fast even for millions)."""
-    with lmdb_env(path).begin(buffers=False) as txn:
+    import lmdb
+    try:
+        return _scan(lmdb_env(path), path, keep)
+    except lmdb.Error as e:
+        raise DatasetError(f"LMDB {path}: unreadable while reading its labels ({e}): a corrupt "
+                           f"data.mdb? rebuild it, or move it out of data_dir") from None
+
+
+def _scan(env, path: str, keep: LabelFilter):
+    with env.begin(buffers=False) as txn:
         raw = txn.get(b"num-samples")
-        if raw is None:
-            raise ValueError(f"LMDBDataSet: {path} has no 'num-samples' key")
-        n = int(raw.decode())
+        try:
+            n = int(raw.decode())
+        except (AttributeError, UnicodeDecodeError, ValueError):
+            raise DatasetError(f"LMDB {path}: no valid 'num-samples' key ({raw!r}); PaddleOCR's "
+                               f"LMDBs hold num-samples, image-%09d and label-%09d") from None
         ok = np.zeros(n + 1, bool)
         cursor = txn.cursor()
         if not cursor.set_range(b"label-"):
@@ -389,13 +445,17 @@ class LMDBDataSet(EveryEntryEachEpoch):
         return len(self._key_of)
 
     def load(self, i: int) -> dict:
+        import lmdb
         k, idx = int(self._env_of[i]), int(self._key_of[i])
-        with lmdb_env(self.dirs[k]).begin(buffers=False) as txn:
-            image = txn.get(b"image-%09d" % idx)
-            label = txn.get(b"label-%09d" % idx)
-        if not image:
-            raise BadSample(f"LMDB {self.dirs[k]}: no image-{idx:09d}")
-        return {"image_bytes": image, "label": label.decode("utf-8"),
+        try:
+            with lmdb_env(self.dirs[k]).begin(buffers=False) as txn:
+                image = txn.get(b"image-%09d" % idx)
+                label = txn.get(b"label-%09d" % idx)
+        except lmdb.Error as e:
+            raise BadSample(f"LMDB {self.dirs[k]}: sample {idx} unreadable: {e}") from None
+        if not image or label is None:
+            raise BadSample(f"LMDB {self.dirs[k]}: no image-{idx:09d} or label-{idx:09d}")
+        return {"image_bytes": image, "label": label.decode("utf-8", "replace"),
                 "img_path": f"{self.dirs[k]}#{idx}"}
 
     def __repr__(self) -> str:
@@ -438,6 +498,18 @@ def build_source(dataset_cfg: dict, mode: str, charset: CharacterDict, global_cf
     `max_ctc_steps`: the model's CTC output frames T; in train mode labels needing more are
     dropped ('too_long_for_ctc'); evaluation keeps them (they are simply recognised wrongly).
     Logs one line: samples, labels kept with characters removed, drops by reason."""
+    try:
+        return _build_source(dataset_cfg, mode, charset, global_cfg, seed, max_ctc_steps,
+                             label_filter)
+    except (ConfigError, DatasetError):
+        raise
+    except ValueError as e:  # a bad option of the section: one line naming it
+        raise ConfigError(f"{str(mode).capitalize()}.dataset ({dataset_cfg.get('name')}): "
+                          f"{e}") from None
+
+
+def _build_source(dataset_cfg: dict, mode: str, charset: CharacterDict, global_cfg: dict,
+                  seed: int, max_ctc_steps: int | None = None, label_filter=None):
     name = dataset_cfg.get("name")
     mode = str(mode).lower()
     max_len = int(global_cfg.get("max_text_length", 25))
