@@ -150,7 +150,10 @@ def multiclass_nms(boxes: Array, scores: Array, score_threshold: float = 0.01,
     boxes = boxes.astype(jnp.float32)
     scores = scores.astype(jnp.float32)
     bsz, n, c = scores.shape
-    k = n if nms_top_k < 0 else min(nms_top_k, n)
+    if nms_top_k < 0:
+        k = n
+    else:  # a symbolic n (a serving export) is constrained to n >= nms_top_k
+        k = min(nms_top_k, n) if isinstance(n, int) else nms_top_k
     k_out = c * max(k, 0) if keep_top_k < 0 else keep_top_k
     neg = jnp.float32(-jnp.inf)
 

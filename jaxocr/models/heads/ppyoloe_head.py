@@ -116,6 +116,20 @@ def generate_anchors(shapes: Sequence[tuple[int, int]], fpn_strides: Sequence[in
             np.concatenate(strides).astype(np.float32))
 
 
+def anchor_points(shapes, fpn_strides: Sequence[int], grid_cell_offset: float = 0.5):
+    """generate_anchors' (anchor_points, stride_tensor) in jnp, so that feature-map sizes may be
+    symbolic (a serving export for any image size); the same float32 values (integers plus the
+    offset, times the stride: exact)."""
+    points, strides = [], []
+    for (h, w), s in zip(shapes, fpn_strides):
+        sx = (jnp.arange(w, dtype=jnp.float32) + grid_cell_offset) * s
+        sy = (jnp.arange(h, dtype=jnp.float32) + grid_cell_offset) * s
+        yy, xx = jnp.meshgrid(sy, sx, indexing="ij")
+        points.append(jnp.stack([xx, yy], axis=-1).reshape(-1, 2))
+        strides.append(jnp.full((h * w, 1), s, jnp.float32))
+    return jnp.concatenate(points), jnp.concatenate(strides)
+
+
 def dfl_project(reg_logits: Array) -> Array:
     """DFL integral: softmax over the last axis (bins 0..reg_max) dotted with [0, 1, .., reg_max]
     (Paddle's frozen ``proj_conv``): (..., 4, reg_max + 1) -> (..., 4) distances in stride units."""
@@ -185,16 +199,15 @@ class PPYOLOEHead(nn.Module):
                              name=f"pred_reg_{i}", **ckw)(reg_feat)
             cls_out.append(cls_logit.reshape(b, h * w, self.num_classes))
             reg_out.append(reg_logit.reshape(b, h * w, 4, bins))
-        _, points, _, strides = generate_anchors(
-            [(int(f.shape[1]), int(f.shape[2])) for f in feats], self.fpn_strides,
-            self.grid_cell_scale, self.grid_cell_offset)
+        points, strides = anchor_points([f.shape[1:3] for f in feats], self.fpn_strides,
+                                        self.grid_cell_offset)
         return {
             "cls_logits": jnp.concatenate(cls_out, axis=1).astype(jnp.float32),
             "reg_logits": jnp.concatenate(reg_out, axis=1).astype(jnp.float32),
-            "anchor_points": jnp.asarray(points),
-            "stride_tensor": jnp.asarray(strides),
+            "anchor_points": points,
+            "stride_tensor": strides,
         }
 
 
-__all__ = ["PPYOLOEHead", "ESEAttn", "generate_anchors", "decode_boxes", "dfl_project",
+__all__ = ["PPYOLOEHead", "ESEAttn", "anchor_points", "generate_anchors", "decode_boxes", "dfl_project",
            "distance2bbox", "bias_init_with_prob"]

@@ -48,8 +48,9 @@ def lstm_recurrence(xw: Array, weight_hh: Array, reverse: bool = False, unroll: 
     # zeros_like (not jnp.zeros) keeps xw's varying-manual-axes type inside shard_map.
     h0 = jnp.zeros_like(xw[:, 0, :hidden])
     c0 = jnp.zeros_like(xw[:, 0, :hidden], dtype=jnp.float32)
-    _, hs = lax.scan(step, (h0, c0), jnp.swapaxes(xw, 0, 1), reverse=reverse,
-                     unroll=max(1, min(unroll, t)))
+    # a symbolic length (a serving export's any width) cannot be split into unrolled blocks
+    unroll = max(1, min(unroll, t)) if isinstance(t, int) else 1
+    _, hs = lax.scan(step, (h0, c0), jnp.swapaxes(xw, 0, 1), reverse=reverse, unroll=unroll)
     return jnp.swapaxes(hs, 0, 1)
 
 
