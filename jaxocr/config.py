@@ -56,6 +56,8 @@ KNOWN = {
         "allow_empty", "empty_ratio", "repeat", "clip_bbox", "num_classes",
         "objects_per_image", "object_size", "min_visible", "min_contrast", "noise_prob",
         "batch_transforms",
+        # TFDSDataSet (jaxocr/data/tfds_data.py)
+        "tfds_name", "split", "image_key", "label_key",
     },
     "Train.loader": {"shuffle", "drop_last", "batch_size_per_card", "num_workers", "worker_type"},
 }

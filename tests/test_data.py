@@ -266,8 +266,8 @@ def test_simple_dataset_ratio_and_missing_label_file(tmp_path):
         build_source({**cfg, "label_file_list": [label_file, missing]}, "train", cs, G, seed=1)
     with pytest.raises(ValueError, match="SimpleDataSet.*LMDBDataSet.*SynthTextLine"):
         build_source({"name": "TFRecordDataSet"}, "train", cs, G, seed=1)
-    assert KNOWN_SOURCES == ("SimpleDataSet", "LMDBDataSet", "SynthTextLine", "SynthSceneWords",
-                             "SynthTextScene", "COCODataSet", "SynthShapes")
+    assert KNOWN_SOURCES == ("SimpleDataSet", "LMDBDataSet", "TFDSDataSet", "SynthTextLine",
+                             "SynthSceneWords", "SynthTextScene", "COCODataSet", "SynthShapes")
 
 
 def test_lmdb_dataset_one_based_and_threads(tmp_path):

@@ -52,8 +52,8 @@ from jaxocr.data.transforms import BadSample
 
 log = logging.getLogger("jaxocr")
 
-KNOWN_SOURCES = ("SimpleDataSet", "LMDBDataSet", "SynthTextLine", "SynthSceneWords",
-                 "SynthTextScene", "COCODataSet", "SynthShapes")
+KNOWN_SOURCES = ("SimpleDataSet", "LMDBDataSet", "TFDSDataSet", "SynthTextLine",
+                 "SynthSceneWords", "SynthTextScene", "COCODataSet", "SynthShapes")
 SYNTH_DEFAULT_SAMPLES = {"train": 10000, "eval": 1000}
 EVAL_SEED_OFFSET = 1_000_003  # the default synthetic Eval set differs from the Train set
 STAT_THREADS = 32    # image existence checks are I/O-bound (network file systems): many threads
@@ -413,7 +413,8 @@ class LMDBDataSet(EveryEntryEachEpoch):
     Raw index i is the i-th usable key, LMDB by LMDB (sorted paths) in key order."""
 
     def __init__(self, data_dir: str, charset: CharacterDict, max_text_length: int,
-                 unknown_chars: str = "skip", max_ctc_steps: int | None = None):
+                 unknown_chars: str = "skip", max_ctc_steps: int | None = None,
+                 label_filter=None):
         if not data_dir or not os.path.isdir(data_dir):
             raise FileNotFoundError(f"LMDBDataSet data_dir not found: {data_dir}")
         self.data_dir = os.fspath(data_dir)
@@ -421,7 +422,7 @@ class LMDBDataSet(EveryEntryEachEpoch):
         if not self.dirs:
             raise FileNotFoundError(f"LMDBDataSet: no LMDB (a directory with data.mdb) under "
                                     f"{self.data_dir}")
-        keep = LabelFilter(charset, max_text_length, unknown_chars, max_ctc_steps)
+        keep = label_filter or LabelFilter(charset, max_text_length, unknown_chars, max_ctc_steps)
         env_ids, key_ids = [], []
         self.sizes = []
         for k, d in enumerate(self.dirs):
@@ -535,9 +536,19 @@ def _build_source(dataset_cfg: dict, mode: str, charset: CharacterDict, global_c
     elif name == "SynthShapes":
         from jaxocr.data.synth_shapes import SynthShapes
         src = _synthetic(SynthShapes, SHAPES_OPTIONS, dataset_cfg, mode, seed)
+    elif name == "TFDSDataSet":
+        from jaxocr.data.tfds_data import TFDSDataSet
+        if not dataset_cfg.get("tfds_name"):
+            raise ConfigError(f"{mode.capitalize()}.dataset.tfds_name: the TFDS dataset's name "
+                              f"(a folder under data_dir) is required")
+        keep = label_filter or LabelFilter(charset, max_len, unknown, ctc_steps)
+        src = TFDSDataSet(dataset_cfg["tfds_name"], dataset_cfg.get("data_dir"),
+                          dataset_cfg.get("split", "train" if mode == "train" else "test"),
+                          keep, image_key=dataset_cfg.get("image_key", "image"),
+                          label_key=dataset_cfg.get("label_key", "label"))
     elif name == "LMDBDataSet":
         src = LMDBDataSet(dataset_cfg.get("data_dir"), charset, max_len, unknown_chars=unknown,
-                          max_ctc_steps=ctc_steps)
+                          max_ctc_steps=ctc_steps, label_filter=label_filter)
     elif name in ("SynthTextLine", "SynthSceneWords"):
         ds_seed = dataset_cfg.get("seed")
         if ds_seed is None:
