@@ -140,3 +140,13 @@ def test_mobilenet_v1_enhance_has_paddleocrs_count_and_shapes(options, shape, ou
     with pytest.raises(ValueError, match="last_pool_type must be max or avg"):
         MobileNetV1Enhance(last_pool_type="min").init(jax.random.PRNGKey(0),
                                                       jnp.zeros((1, 32, 64, 3)), train=False)
+
+
+def test_a_feature_map_taller_than_one_row_is_a_config_error_naming_the_image_height():
+    import jax.numpy as jnp
+    from jaxocr.config import ConfigError
+    from jaxocr.models.necks.rnn import im2seq
+    assert im2seq(jnp.zeros((2, 1, 5, 3))).shape == (2, 5, 3)
+    with pytest.raises(ConfigError, match=r"height 1 \(B, 1, W, C\), got \(2, 2, 5, 3\): the "
+                                          r"images' height \(RecResizeImg image_shape\)"):
+        im2seq(jnp.zeros((2, 2, 5, 3)))

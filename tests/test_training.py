@@ -171,6 +171,11 @@ def test_cli_misspelt_key_and_missing_label_file(tmp_path):
              f"Train.dataset.data_dir={tmp_path}", f"Train.dataset.label_file_list=[{missing}]",
              f"Global.save_model_dir={tmp_path / 'out'}")
     assert r.returncode == 2 and str(missing) in r.stderr and "Traceback" not in r.stderr
+    # fewer samples than one global batch: one line
+    r = _cli("launch/multihost.py", "-c", QUICKSTART, "-o", "Train.dataset.num_samples=8",
+             f"Global.save_model_dir={tmp_path / 'few'}")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert "Train.dataset has 8 samples, fewer than one global batch (64" in r.stderr
     # a truncated LMDB: one line, not a SIGBUS or a traceback from inside lmdb
     from jaxocr.data.fixtures import write_lmdb_dataset
     write_lmdb_dataset(tmp_path / "lmdb" / "a", 8, "abc", seed=0)

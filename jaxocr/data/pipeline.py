@@ -36,7 +36,8 @@ import grain
 import jax
 import numpy as np
 
-from jaxocr.data.sources import build_source
+from jaxocr.config import ConfigError
+from jaxocr.data.sources import DatasetError, build_source
 from jaxocr.data.transforms import BadSample, build_transforms
 
 log = logging.getLogger("jaxocr")
@@ -342,13 +343,14 @@ class Loader:
         self.num_samples = (len(epoch_indices(0)) if epoch_indices is not None
                             else len(self.source))
         if self.num_samples == 0:
-            raise ValueError(f"{mode}.dataset: no usable samples (dropped: {self.source.dropped})")
+            raise DatasetError(f"{mode}.dataset: no usable samples (dropped: "
+                               f"{self.source.dropped})")
         if self.drop_last:
             self.steps_per_epoch = self.num_samples // self.global_batch
         else:
             self.steps_per_epoch = math.ceil(self.num_samples / self.global_batch)
         if self.steps_per_epoch == 0:
-            raise ValueError(
+            raise ConfigError(
                 f"{mode}.dataset has {self.num_samples} samples, fewer than one global batch "
                 f"({self.global_batch} = batch_size_per_card {per_card} x {mesh.size} devices)")
         self.maker = SampleMaker(self.source, self.transform, self.seed, train=mode == "Train",

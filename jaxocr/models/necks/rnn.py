@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 from jax import lax
 
+from jaxocr.config import ConfigError
 from jaxocr.models.layers import uniform_init
 from jaxocr.models.necks.svtr import EncoderWithSVTR
 
@@ -109,9 +110,10 @@ class LSTM(nn.Module):
 
 def im2seq(x: Array) -> Array:
     """(B, 1, W, C) NHWC -> (B, W, C); PaddleOCR requires the feature height to be 1."""
-    if x.ndim != 4 or x.shape[1] != 1:
-        raise ValueError(f"Im2Seq needs a feature map of height 1 (B, 1, W, C), got {x.shape}; "
-                         "check the input image height against the backbone strides")
+    if x.ndim != 4 or x.shape[1] != 1:  # a config error: one line, not a traceback
+        raise ConfigError(f"Im2Seq needs a feature map of height 1 (B, 1, W, C), got "
+                          f"{tuple(x.shape)}: the images' height (RecResizeImg image_shape) "
+                          f"does not suit the backbone's strides")
     return x[:, 0]
 
 
