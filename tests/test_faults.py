@@ -169,12 +169,14 @@ def test_processes_with_different_configs_refuse_to_train_naming_the_odd_one(tmp
     port = free_port()
     procs = [start_host(tmp_path, i, port, overrides=["Global.seed=7"] if i else [])
              for i in (0, 1)]
-    for p in procs:
-        assert p.wait(timeout=120) == 2
+    codes = [p.wait(timeout=120) for p in procs]
     for i in (0, 1):
         log = open(tmp_path / f"host{i}.log").read()
         assert "processes [1] run a different config than process 0" in log, log[-3000:]
         assert "Traceback" not in log
+        # both leave with code 2; one whose peer left first may instead be aborted by JAX's
+        # coordination service (SIGABRT) after saying why: seen once in 2 CI runs
+        assert codes[i] == 2 or codes[i] == -6, codes
 
 
 def listening_addresses(pid) -> list[tuple[str, int]]:
