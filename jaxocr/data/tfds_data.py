@@ -33,11 +33,6 @@ def _features():
     })
 
 
-def tfds_tensor():
-    import tensorflow_datasets as tfds
-    return tfds.features.Tensor
-
-
 def _text(value) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
@@ -59,10 +54,11 @@ class TFDSDataSet(EveryEntryEachEpoch):
             raise ValueError(f"TFDSDataSet {tfds_name}: no feature {sorted(missing)[0]!r} "
                              f"(it has {sorted(source.dataset_info.features.keys())}); set "
                              f"image_key / label_key")
+        import tensorflow_datasets as tfds
         features = source.dataset_info.features
         # records of encoded bytes and text (what convert.py writes) are read straight from
         # their protos: tfds's generic numpy decoding costs 3x the read itself
-        self._raw = (isinstance(features[image_key], tfds_tensor()) and
+        self._raw = (isinstance(features[image_key], tfds.features.Tensor) and
                      features[image_key].np_dtype == np.object_ and
                      type(features[label_key]).__name__ == "Text" and
                      hasattr(source, "data_source"))
